@@ -1,0 +1,1 @@
+"""decodekit's microbenchmarks, installed as ``decodekit.bench`` (``decodekit bench FAMILY``)."""

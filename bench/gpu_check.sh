@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (DESIGN.md): build in place, GPU tests, GPU benchmarks,
+# everything into one folder ($OUT, else bench/results/gpu). Budget: 8 minutes in all.
+# The device machine has torch, triton and nvcc but no network: no dependency installs here.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/results/gpu}"
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"  # H100/H200 only: halves build time
+export MAX_JOBS="${MAX_JOBS:-16}"
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/machine.txt"
+
+start=$(date +%s)
+timeout 300 pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+echo "build exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/build.log"
+python -m decodekit.cli info | tee "$OUT/info.txt"
+
+timeout 150 python -m pytest -m gpu -q -x --no-header -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_gpu.txt"
+
+timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>&1 | tail -60 | tee "$OUT/bench_sampling.txt"
+echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"

@@ -1,0 +1,40 @@
+"""``decodekit info | bench``: what is built here, and the microbenchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _info(args) -> int:
+    from decodekit._info import format_info, info
+
+    report = info()
+    print(json.dumps(report, indent=2) if args.json else format_info(report))
+    return 0
+
+
+def _bench(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"decodekit.bench.bench_{args.family}")
+    return module.main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="decodekit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="versions, devices and usable backends")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(run=_info)
+    bench = commands.add_parser("bench", help="run a microbenchmark (e.g. `decodekit bench sampling --quick`)")
+    bench.add_argument("family", choices=["sampling"], help="op family to benchmark")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")
+    bench.set_defaults(run=_bench)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The ``reference`` backend in the raw-function contract: write outputs computed by the spec."""
+
+from __future__ import annotations
+
+import torch
+
+from decodekit.reference import rng, sampling
+
+
+def sample(logits, temperature, top_k, top_p, min_p, seed, offset, tokens_out, logprobs_out, valid_out):
+    result = sampling.sample(
+        logits,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        seed=seed,
+        offset=offset,
+        return_logprobs=True,
+    )
+    tokens_out.copy_(result.tokens)
+    logprobs_out.copy_(result.logprobs)
+    valid_out.copy_(result.valid)
+
+
+def apply_penalties(logits, token_counts, repetition, frequency, presence, out):
+    out.copy_(sampling.apply_penalties(logits, token_counts, repetition, frequency, presence))
+
+
+def mask_logits(logits, top_k, top_p, out):
+    out.copy_(sampling.mask_logits(logits, top_k, top_p))
+
+
+def top_k_top_p_renorm(probs, top_k, top_p, out):
+    out.copy_(sampling.top_k_top_p_renorm(probs, top_k, top_p))
+
+
+def philox_uniform(seed: torch.Tensor, offset: torch.Tensor, stream: int, out: torch.Tensor):
+    out.copy_(rng.philox_uniform(seed, offset, stream, out.shape[1]))

@@ -1,0 +1,1 @@
+"""Plain-PyTorch implementations: the executable spec every backend is tested against."""
