@@ -14,10 +14,27 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
-from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent.resolve()
 INCLUDE = str(ROOT / "csrc" / "include")
+
+
+def _find_cuda_home() -> str | None:
+    """The toolkit root: torch guesses dirname(dirname(which nvcc)), which is wrong when nvcc on
+    PATH is a wrapper script (as /usr/local/bin/nvcc -> /usr/local/cuda-13.0/bin/nvcc here)."""
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates.append(Path("/usr/local/cuda"))
+    for root in candidates:
+        if (root / "include" / "cuda_runtime.h").is_file() and (root / "bin" / "nvcc").exists():
+            return str(root)
+    return None
+
+
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and _find_cuda_home():
+    os.environ["CUDA_HOME"] = _find_cuda_home()
+
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 
 def _rel(paths):
@@ -47,7 +64,8 @@ def _extra_cuda_includes():
 
 
 def _cpu_extension():
-    flags = ["-O3", "-std=c++17", "-fno-math-errno"]
+    # torch >= 2.10 headers require C++20 from host compilers
+    flags = ["-O3", "-std=c++20", "-fno-math-errno"]
     if os.environ.get("DECODEKIT_CPU_NATIVE", "1") == "1":
         flags.append("-march=native")
     return cpp_extension.CppExtension(
@@ -69,7 +87,7 @@ def _cuda_extension():
         sources=_rel(sources),
         include_dirs=[INCLUDE] + _extra_cuda_includes(),
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
+            "cxx": ["-O3", "-std=c++20"],
             "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
         },
     )

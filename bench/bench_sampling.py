@@ -71,6 +71,36 @@ def run(device: torch.device, batches, vocabs, dtypes, modes, reps: int) -> list
     return rows
 
 
+def dispatch_overhead(device: torch.device) -> list[harness.Row]:
+    """Cost of the Python layers on a tiny call (B=1, V=4096, greedy), where overhead dominates:
+    the raw kernel, ``ops.sample`` (eager fast path) and the ``torch.ops.decodekit.sample`` custom
+    op that ``torch.compile`` graphs call."""
+    from decodekit.ops._backend import default_backend, kernel
+    from decodekit.ops.sampling import _sample_impl
+
+    backend = default_backend(device)
+    x = torch.randn(1, 4096, device=device)
+    args = [torch.zeros(1, device=device), torch.zeros(1, dtype=torch.int32, device=device),
+            torch.ones(1, device=device), torch.zeros(1, device=device),
+            torch.zeros(1, dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64, device=device)]
+    outs = [torch.empty(1, dtype=torch.int64, device=device), torch.empty(1, device=device),
+            torch.empty(1, dtype=torch.bool, device=device)]
+    raw = kernel(backend, "sampling", "sample")
+    calls = {
+        "raw kernel": lambda: raw(x, *args, *outs),
+        "ops.sample": lambda: ops.sample(x, temperature=0.0, seed=0, backend=backend),
+        "torch.ops.decodekit.sample": lambda: torch.ops.decodekit.sample(x, *args, backend),
+        "_sample_impl (alloc + kernel)": lambda: _sample_impl(x, *args, backend),
+    }
+    label = harness.device_name(device)
+    no_ceiling = 0.0  # bandwidth means nothing for an overhead row: only the time is reported
+    rows = []
+    for name, call in calls.items():
+        timer = harness.time_gpu if device.type == "cuda" else (lambda f: harness.time_cpu(f, reps=200))
+        rows.append(harness.Row(f"dispatch: {name}", backend, "1x4096", "float32", label, timer(call), 4096 * 4, no_ceiling))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="decodekit bench sampling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     reps = args.reps or (5 if args.quick else 10)
     rows = run(device, batches, vocabs, dtypes, list(MODES), reps)
+    overhead = dispatch_overhead(device)
+    print("\n## dispatch overhead\n\n" + harness.markdown_table(overhead))
+    rows += overhead
     title = f"sampling on {harness.device_name(device)}"
     print(f"\n## {title}\n\n{harness.markdown_table(rows)}")
     name = f"sampling_{device.type}" + ("_quick" if args.quick else "")

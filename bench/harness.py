@@ -42,8 +42,8 @@ class Row:
         return self.bytes_moved / (self.median_us * 1e-6) / 1e9
 
     @property
-    def pct_of_ceiling(self) -> float:
-        return 100.0 * self.gbps / self.ceiling_gbps
+    def pct_of_ceiling(self) -> float | None:
+        return 100.0 * self.gbps / self.ceiling_gbps if self.ceiling_gbps > 0 else None
 
     @property
     def speedup(self) -> float | None:
@@ -58,7 +58,7 @@ class Row:
             "device": self.device,
             "median_us": round(self.median_us, 2),
             "GB/s": round(self.gbps, 2),
-            "% of copy": round(self.pct_of_ceiling, 1),
+            "% of copy": "" if self.pct_of_ceiling is None else round(self.pct_of_ceiling, 1),
             "speedup vs baseline": "" if self.speedup is None else round(self.speedup, 2),
         }
 

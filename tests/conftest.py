@@ -33,10 +33,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(params=BACKEND_CASES)
-def backend_case(request):
-    """(backend name, torch.device). The cpu backend is built by every install: never skipped."""
-    backend, device_type = request.param
+def _usable_case(param):
+    backend, device_type = param
     device = torch.device(device_type)
     reason = _backend.unavailable_reason(backend, device)
     if reason is not None:
@@ -46,3 +44,18 @@ def backend_case(request):
             pytest.skip(reason)
         pytest.fail(f"backend cpu must always be usable: {reason}")
     return backend, device
+
+
+@pytest.fixture(params=BACKEND_CASES)
+def backend_case(request):
+    """(backend name, torch.device) for every backend, the reference included: for tests that
+    check a backend against analytic answers or properties. The cpu backend is built by every
+    install, so it is never skipped."""
+    return _usable_case(request.param)
+
+
+@pytest.fixture(params=BACKEND_CASES[1:])
+def kernel_case(request):
+    """(backend name, torch.device) for the kernel backends only: for tests that compare a backend
+    with the reference (comparing the reference with itself could not fail)."""
+    return _usable_case(request.param)

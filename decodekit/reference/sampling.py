@@ -6,7 +6,8 @@ full-vocabulary temporaries are fine here and nowhere else.
 Semantics of one row of ``logits`` (``x``, read as float32):
 
 * **Invalid rows**: a row containing NaN or +inf, or whose entries are all -inf, gives
-  ``valid=False``, token -1 and logprob NaN, whatever the parameters.
+  ``valid=False``, token -1 and logprob NaN, whatever the parameters; so does a sampled row whose
+  filters keep nothing (only possible when ``x / temperature`` overflows to +inf).
 * **Greedy** (``temperature == 0``): the first index of the maximum of ``x``; logprob 0.0 (the
   filtered distribution is a point mass); filters are ignored.
 * **Sampled** (``temperature > 0``), filters compose in this order:
@@ -20,8 +21,9 @@ Semantics of one row of ``logits`` (``x``, read as float32):
   -inf logits are never kept. The kept set is always ``{x >= tau}`` for one per-row threshold.
 * **Draw**: Gumbel-max over the kept set with the RNG contract: ``u_i = uniform(seed, offset,
   Stream.SAMPLE_TOKEN, i)`` and ``token = argmax over kept i of (z_i - log(-log(u_i)))`` (first kept index on ties;
-  ``u_i == 0`` gives -inf noise, so that token only wins if every kept token drew 0). logprob is ``log`` of the chosen
-  token's probability under the final filtered, renormalised distribution.
+  ``u_i == 0`` gives -inf noise, so that token only wins if every kept token drew 0). logprob is
+  ``(z_tok - z_max) - log(sum over kept of exp(z_j - z_max))``: the log of the chosen token's
+  probability under the final filtered, renormalised distribution.
 """
 
 from __future__ import annotations
@@ -133,10 +135,16 @@ def sample(
     keep = kept_mask(safe_x, z, top_k, top_p, min_p)
     u = philox_uniform(seed, offset, Stream.SAMPLE_TOKEN, vocab).to(dev)
     sampled = first_argmax(z - torch.log(-torch.log(u)), keep)
-    z_kept = torch.where(keep, z, float("-inf"))
-    log_norm = torch.logsumexp(z_kept, dim=-1)
-    sampled_logprob = z.gather(-1, sampled.unsqueeze(-1)).squeeze(-1) - log_norm
+    # (z_tok - z_max) - log(sum exp(z - z_max)): subtracting the max first keeps logprobs near 0
+    # accurate (z_tok - logsumexp(z) loses an ulp of |z_max|)
+    z_max = torch.where(keep, z, float("-inf")).max(-1, keepdim=True).values
+    kept_mass = torch.where(keep, torch.exp(z - z_max), 0.0).sum(-1)
+    z_tok = z.gather(-1, sampled.clamp(max=vocab - 1).unsqueeze(-1))
+    sampled_logprob = (z_tok - z_max).squeeze(-1) - torch.log(kept_mass)
 
+    # x / temperature can overflow to +inf for tiny temperatures; if that leaves no token kept
+    # the row cannot be sampled and is reported invalid rather than guessed
+    invalid |= ~greedy & ~keep.any(-1)
     tokens = torch.where(greedy, first_argmax(safe_x), sampled)
     logprobs = torch.where(greedy, torch.zeros_like(sampled_logprob), sampled_logprob)
     tokens = torch.where(invalid, -1, tokens)

@@ -39,8 +39,8 @@ def test_backend_uniforms_match_known_answers(backend_case):
 
 
 @pytest.mark.parametrize("n", [1, 7, 1000])
-def test_backends_bit_identical_per_row_seeds(backend_case, n):
-    backend, device = backend_case
+def test_backends_bit_identical_per_row_seeds(kernel_case, n):
+    backend, device = kernel_case
     seeds = torch.tensor([0, 1, 42, 2**31 + 5, -1, 2**62 + 3, -(2**63)], device=device)
     offsets = torch.tensor([0, 1, 2**32 + 7, 5, 2**40, 3, 2**63 - 1], device=device)
     for stream in ops.Stream:

@@ -12,7 +12,7 @@ from decodekit.reference import sampling as ref
 
 def _sizes(backend):
     """(rows, vocab) small enough for the Triton interpreter, larger elsewhere."""
-    return (48, 300) if backend == "triton" else (512, 3000)
+    return (12, 130) if backend == "triton" else (512, 3000)
 
 
 def _logits(rows, vocab, device, dtype=torch.float32, seed=0, ties=False):
@@ -66,8 +66,8 @@ def test_reference_greedy_lowest_index_on_ties():
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_greedy_matches_reference_exactly(backend_case, ties):
-    backend, device = backend_case
+def test_greedy_matches_reference_exactly(kernel_case, ties):
+    backend, device = kernel_case
     rows, vocab = _sizes(backend)
     x = _logits(rows, vocab, device, ties=ties)
     got = ops.sample(x, temperature=0.0, return_logprobs=True, backend=backend)
@@ -89,8 +89,8 @@ def test_greedy_matches_reference_exactly(backend_case, ties):
     ids=["plain", "top_k", "top_p", "min_p", "all"],
 )
 @pytest.mark.parametrize("ties", [False, True])
-def test_seeded_sampling_matches_reference(backend_case, params, ties):
-    backend, device = backend_case
+def test_seeded_sampling_matches_reference(kernel_case, params, ties):
+    backend, device = kernel_case
     rows, vocab = _sizes(backend)
     x = _logits(rows, vocab, device, seed=1, ties=ties)
     seed = torch.arange(1000, 1000 + rows, device=device)
@@ -102,9 +102,9 @@ def test_seeded_sampling_matches_reference(backend_case, params, ties):
     torch.testing.assert_close(got.logprobs.cpu()[same], want.logprobs[same], rtol=1e-4, atol=1e-4)
 
 
-def test_mixed_rows_per_row_parameters(backend_case):
+def test_mixed_rows_per_row_parameters(kernel_case):
     """Greedy and sampled rows, each with its own filters, seeds and offsets, in one batch."""
-    backend, device = backend_case
+    backend, device = kernel_case
     rows, vocab = _sizes(backend)
     x = _logits(rows, vocab, device, seed=2)
     gen = torch.Generator().manual_seed(5)
@@ -126,8 +126,8 @@ def test_mixed_rows_per_row_parameters(backend_case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_logits(backend_case, dtype):
-    backend, device = backend_case
+def test_half_precision_logits(kernel_case, dtype):
+    backend, device = kernel_case
     if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
         pytest.skip("bf16 arithmetic is wrong in the Triton interpreter (DESIGN.md)")
     rows, vocab = _sizes(backend)
@@ -139,10 +139,10 @@ def test_half_precision_logits(backend_case, dtype):
         assert (got.tokens.cpu() == want.tokens).float().mean() >= 0.999
 
 
-def test_vocab_edge_sizes(backend_case):
+def test_vocab_edge_sizes(kernel_case):
     """V = 1 and sizes that are not multiples of any vector width or tile."""
-    backend, device = backend_case
-    for vocab in (1, 2, 3, 17, 1025):
+    backend, device = kernel_case
+    for vocab in (1, 2, 3, 17, 257):
         x = _logits(6, vocab, device, seed=vocab)
         for params in (dict(temperature=0.0), dict(temperature=1.0), dict(temperature=1.0, top_k=2, top_p=0.5)):
             got = ops.sample(x, seed=torch.arange(6, device=device), backend=backend, **params)
@@ -170,7 +170,7 @@ def test_invalid_rows_are_flagged_not_sampled(backend_case):
 
 def test_masked_tokens_never_drawn(backend_case):
     backend, device = backend_case
-    rows = 200 if backend == "triton" else 4000
+    rows = 64 if backend == "triton" else 4000
     x = torch.zeros(1, 16)
     x[0, ::2] = float("-inf")
     out = ops.sample(x.expand(rows, 16).to(device), seed=torch.arange(rows, device=device), backend=backend)
@@ -210,7 +210,7 @@ CHI2_CRIT_1E6 = {1: 23.9, 2: 27.6, 3: 30.7, 4: 33.4, 5: 35.9, 6: 38.3, 7: 40.5, 
 )
 def test_empirical_distribution_matches_analytic(backend_case, params, expected_support):
     backend, device = backend_case
-    draws = 3000 if backend == "triton" else 40000
+    draws = 240 if backend == "triton" else 40000  # the interpreter runs ~0.1 s per filtered row
     probs = torch.tensor([0.22, 0.18, 0.14, 0.11, 0.09, 0.07, 0.06, 0.05, 0.03, 0.025, 0.015, 0.01])
     logits = probs.log().unsqueeze(0)
     # analytic filtered distribution, computed independently of the kernels' threshold search
@@ -242,14 +242,16 @@ def test_empirical_distribution_matches_analytic(backend_case, params, expected_
 def test_offset_changes_draws_and_seed_reproduces(backend_case):
     backend, device = backend_case
     x = torch.zeros(64, 50, device=device)
-    a = ops.sample(x, seed=11, offset=0, backend=backend).tokens
-    b = ops.sample(x, seed=11, offset=0, backend=backend).tokens
-    c = ops.sample(x, seed=11, offset=1, backend=backend).tokens
+    seeds = torch.arange(64, device=device) + 11
+    a = ops.sample(x, seed=seeds, offset=0, backend=backend).tokens
+    b = ops.sample(x, seed=seeds, offset=0, backend=backend).tokens
+    c = ops.sample(x, seed=seeds, offset=1, backend=backend).tokens
     assert torch.equal(a, b)
-    assert (a != c).float().mean() > 0.5
+    assert (a != c).float().mean() > 0.8
     # a scalar seed is every row's seed and counters are row-local, so identical rows draw the
     # same token (batch invariance); independent rows need a [B] seed tensor
-    assert len(set(a.tolist())) == 1
+    shared = ops.sample(x, seed=11, backend=backend).tokens
+    assert len(set(shared.tolist())) == 1
 
 
 def test_every_row_seed_is_honoured(backend_case):
@@ -266,7 +268,7 @@ def test_every_row_seed_is_honoured(backend_case):
 
 def test_batch_invariance(backend_case):
     backend, device = backend_case
-    vocab = 300 if backend == "triton" else 5000
+    vocab = 130 if backend == "triton" else 5000
     batch = _logits(65, vocab, device, seed=9)
     seeds = torch.arange(65, device=device) * 1009
     params = dict(temperature=0.9, top_k=30, top_p=0.85, return_logprobs=True, backend=backend)

@@ -1,0 +1,27 @@
+// Python bindings of the C++ CPU kernels: the `decodekit._C` module. One m.def per raw op; the
+// kernels' contracts are in the headers next to this file.
+#include <torch/extension.h>
+
+#include "sampling.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "decodekit C++ CPU kernels (raw ops; use decodekit.ops)";
+  // The kernels never touch Python objects, so other Python threads may run meanwhile.
+  const auto release_gil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("sample", &decodekit::cpu::sample, release_gil, py::arg("logits"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
+        py::arg("seed"), py::arg("offset"), py::arg("tokens_out"), py::arg("logprobs_out"),
+        py::arg("valid_out"));
+  m.def("apply_penalties", &decodekit::cpu::apply_penalties, release_gil, py::arg("logits"),
+        py::arg("token_counts"), py::arg("repetition"), py::arg("frequency"),
+        py::arg("presence"), py::arg("out"));
+  m.def("mask_logits", &decodekit::cpu::mask_logits, release_gil, py::arg("logits"),
+        py::arg("top_k"), py::arg("top_p"), py::arg("out"));
+  m.def("top_k_top_p_renorm", &decodekit::cpu::top_k_top_p_renorm, release_gil,
+        py::arg("probs"), py::arg("top_k"), py::arg("top_p"), py::arg("out"));
+  m.def("philox_uniform", &decodekit::cpu::philox_uniform, release_gil, py::arg("seed"),
+        py::arg("offset"), py::arg("stream"), py::arg("out"));
+}
