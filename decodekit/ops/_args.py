@@ -8,6 +8,7 @@ in bounds whatever those values are).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -85,6 +86,16 @@ def row_param(
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not _scalar_in(value, low, high, low_open):
         raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    if _tracing():
+        return torch.full((batch,), value, dtype=dtype, device=device)
+    return _constant_row(value, batch, dtype, device)
+
+
+@functools.lru_cache(maxsize=512)
+def _constant_row(value, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached ``[B]`` tensor of a scalar parameter: decode loops pass the same scalars every step,
+    and building six small tensors per call was most of ``sample``'s Python overhead (measured
+    in bench_sampling's dispatch rows). Kernels only read parameters, so sharing is safe."""
     return torch.full((batch,), value, dtype=dtype, device=device)
 
 
