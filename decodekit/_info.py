@@ -10,7 +10,7 @@ from decodekit.ops import _backend
 
 
 def _version(module_name: str) -> str:
-    module, error = _backend._try_import(module_name)
+    module = _backend._try_import(module_name)[0]
     return getattr(module, "__version__", "?") if module is not None else "not installed"
 
 
