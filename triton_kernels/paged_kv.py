@@ -18,7 +18,8 @@ paged_attention, one program per (query tile, kv head, kv split):
 * Query tiles of all requests are numbered without a host sync: request b owns tiles
   ``cu_seqlens_q[b] // BLOCK_Q + b`` onwards (at most ``cdiv(q_len, BLOCK_Q)`` of them, which fit
   before request b+1's first tile), so ``T // BLOCK_Q + B`` programs cover any batch and each
-  finds its request by a binary search over ``cu_seqlens_q``.
+  finds its request by a binary search over ``cu_seqlens_q``. Tiles run last-first, so the
+  causal prefill tiles that see the most keys start first.
 * Keys are streamed in BLOCK_N tiles; each key's block id is looked up in the block table, so any
   block size works and a tile may span several blocks. Online softmax in base 2 (the scale is
   folded into ``scale * log2(e)``), fp32 statistics and accumulator.
@@ -52,11 +53,12 @@ COPY_BLOCK = 4096
 MIN_BLOCK_M = 16
 # query tile height once a batch carries more than decode-like q_len (prefill, verify, diffusion)
 PREFILL_BLOCK_M = 64
-# Split-KV sizing. A split shorter than 256 keys (128 KiB of K/V at D = 128 fp16) would spend
-# more on its partial result and the merge than it saves.
+# Split-KV sizing (not yet tuned on a GPU). A split of >= 256 keys reads >= 128 KiB of K/V per
+# program at D = 128 fp16, which keeps its fp32 partial result (D + 1 floats per query head) and
+# the merge kernel's reads below 1% of the traffic.
 MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 64
-# Decode at fp16 D = 128 keeps 3 programs resident per SM (148 registers x 128 threads); aiming
+# Decode at fp16 D = 128 fits 3 programs per SM by registers (ptxas: 148 x 128 threads); aiming
 # at 8 programs per SM gives ~2.7 waves, so the last, partly filled wave costs little.
 PROGRAMS_PER_SM = 8
 # The interpreter has no SMs: this tiny device model makes the small CPU test batches take the
@@ -158,7 +160,9 @@ def _request_of_tile(cu_seqlens_q_ptr, tile, num_requests, BLOCK_Q: tl.constexpr
 def _query_tile(cu_seqlens_q_ptr, num_requests, num_rows, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_Q: tl.constexpr):
     """Request, its q_len and first row, and per tile row: query index i, query head offset, row, valid."""
-    tile = tl.program_id(0)
+    # last tile first: causal prefill tiles late in a request see the most keys, and starting
+    # the longest programs first keeps them out of the final wave
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
     request = _request_of_tile(cu_seqlens_q_ptr, tile, num_requests, BLOCK_Q)
     q_start = tl.load(cu_seqlens_q_ptr + request)
     q_len = tl.load(cu_seqlens_q_ptr + request + 1) - q_start
@@ -170,7 +174,9 @@ def _query_tile(cu_seqlens_q_ptr, num_requests, num_rows, GROUP: tl.constexpr, B
     return request, q_len, q_tile, i, m % GROUP, row, row_ok
 
 
-@triton.jit
+# per-batch integers change from step to step; Triton's default specialisation (== 1, divisible by
+# 16) would compile new variants in the middle of a generation for no gain
+@triton.jit(do_not_specialize=["num_requests", "num_rows", "mask_numel", "num_splits"])
 def _paged_attention_kernel(
     q_ptr,
     k_cache_ptr,
@@ -277,7 +283,7 @@ def _paged_attention_kernel(
         tl.store(out_ptr + q_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_requests", "num_rows", "num_splits"])
 def _merge_splits_kernel(
     partial_ptr,
     lse_ptr,
@@ -408,8 +414,11 @@ def paged_attention(
     if mask_mode != 2:
         mask_indptr = seq_lens
     if num_splits > 1:
-        partial = torch.empty((num_splits, num_rows, num_q_heads, head_dim), dtype=torch.float32, device=q.device)
-        lse = torch.empty((num_splits, num_rows, num_q_heads), dtype=torch.float32, device=q.device)
+        # one allocation for both (fp32 [S, T, Hq, D] partial outputs, then [S, T, Hq] log2-sum-exp);
+        # every element a merge reads is written first by its split's program
+        stats = num_splits * num_rows * num_q_heads
+        workspace = torch.empty(stats * (head_dim + 1), dtype=torch.float32, device=q.device)
+        partial, lse = workspace[: stats * head_dim], workspace[stats * head_dim :]
     else:
         partial, lse = out, out
     # fp32 inputs use exact fp32 products (tf32 would break the fp32 tolerance); 16-bit inputs
