@@ -343,29 +343,35 @@ def _split_budget(device: torch.device) -> tuple[int, int]:
     return INTERPRETER_PROGRAMS, INTERPRETER_MIN_KEYS_PER_SPLIT
 
 
-def _tiling(num_rows: int, num_requests: int, group: int, head_dim: int, dtype: torch.dtype):
+def _tiling(num_rows: int, num_requests: int, group: int, head_dim: int, dtype: torch.dtype, mask_mode: int):
     """(BLOCK_M, BLOCK_Q, BLOCK_N, num_warps, num_stages) from shapes only.
 
-    Register and shared-memory figures are ptxas -v for sm_90a (Triton 3.8): every choice below
-    compiles without spills at D = 64 / 128 / 256 (float32 D = 256 prefill excepted, see below).
+    Register and shared-memory figures are ptxas -v for sm_90a (Triton 3.8); every choice below
+    compiles at D = 64 / 128 / 256, float32 / float16 / bfloat16, every mask mode, split or not,
+    without register spills (float32 split variants: <= 16 bytes). Speed is untuned: no GPU was
+    available when these were chosen.
     """
     # q_len 1 on average: no query rows to fill a tall tile, and the kernel is bandwidth-bound
     decode_like = num_rows <= num_requests
-    # K and V tiles are BLOCK_N x D: 64 keys of D = 128 fp16 is 16 KiB per tile; fewer keys for
-    # 4-byte elements or D = 256 keep shared memory and the [BLOCK_M, BLOCK_N] scores in budget
-    block_n = 64
-    while block_n > 16 and block_n * head_dim * dtype.itemsize > 64 * 128 * 2:
-        block_n //= 2
     if decode_like:
-        # fp16 D = 128: 148 registers, 40 KiB shared -> 3 programs per SM
+        # fp16 D = 128: 148 registers, 40 KiB shared -> 3 programs per SM; float32 (FMA dots,
+        # operands in registers) spills with 16 KiB key tiles, so it gets 8 KiB ones
+        tile_bytes = 8192 if dtype == torch.float32 else 16384
         block_m, num_warps, num_stages = MIN_BLOCK_M, 4, 3
     elif dtype != torch.float32:
         # fp16 D = 128: 148 registers, 82 KiB shared (4 warps at this height: 202+ registers)
-        block_m, num_warps, num_stages = PREFILL_BLOCK_M, 8, 2
+        block_m, num_warps, num_stages, tile_bytes = PREFILL_BLOCK_M, 8, 2, 16384
     else:
-        # float32 uses exact FMA dots, whose operands live in registers: 32 rows at D <= 128
-        # (100 registers), 16 rows at D = 256 (226 registers)
-        block_m, num_warps, num_stages = (32, 8, 2) if head_dim <= 128 else (16, 4, 2)
+        # float32 uses exact FMA dots, whose operands live in registers: 32 rows and 8 KiB key
+        # tiles at D <= 128 (80 registers at D = 128; 16 KiB tiles spill), 16 rows at D = 256
+        block_m, num_warps, num_stages, tile_bytes = (32, 8, 2, 8192) if head_dim <= 128 else (16, 4, 2, 8192)
+    # K and V tiles are BLOCK_N x D: 64 keys of D = 128 fp16 is 16 KiB per tile
+    block_n = 64
+    while block_n > 16 and block_n * head_dim * dtype.itemsize > tile_bytes:
+        block_n //= 2
+    if mask_mode == 2 and not decode_like:
+        # the gathered [BLOCK_M, BLOCK_N] custom-mask indices are int64: at 64 x 64 they spill
+        block_n = max(16, block_n // 2)
     block_m = max(block_m, triton.next_power_of_2(group))
     return block_m, block_m // group, block_n, num_warps, num_stages
 
@@ -401,7 +407,9 @@ def paged_attention(
     if num_rows == 0 or num_requests == 0:
         return
     group = num_q_heads // num_kv_heads
-    block_m, block_q, block_n, num_warps, num_stages = _tiling(num_rows, num_requests, group, head_dim, q.dtype)
+    block_m, block_q, block_n, num_warps, num_stages = _tiling(
+        num_rows, num_requests, group, head_dim, q.dtype, mask_mode
+    )
     query_tiles = num_rows // block_q + num_requests
     num_splits = _num_splits(query_tiles * num_kv_heads, max_blocks * block_size, q.device)
     # stand-ins for tensors that are never read (an empty CUDA tensor may have a null data
