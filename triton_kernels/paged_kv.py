@@ -372,7 +372,10 @@ def _tiling(num_rows: int, num_requests: int, group: int, head_dim: int, dtype: 
     if mask_mode == 2 and not decode_like:
         # the gathered [BLOCK_M, BLOCK_N] custom-mask indices are int64: at 64 x 64 they spill
         block_n = max(16, block_n // 2)
+    # a group of more than BLOCK_M query heads (MQA-like models) makes the tile taller; at 64 rows
+    # 4 warps need 200+ registers, so spread them over 8
     block_m = max(block_m, triton.next_power_of_2(group))
+    num_warps = max(num_warps, 8 if block_m >= 64 else 4)
     return block_m, block_m // group, block_n, num_warps, num_stages
 
 
