@@ -142,7 +142,8 @@ bool plan_paged_attention(int64_t batch, int64_t rows, int64_t q_heads, int64_t 
   if (ctas > 0 && max_keys > 0) {
     const int64_t target = static_cast<int64_t>(std::max(num_sms, 1)) * kTargetCtasPerSm;
     const int64_t per_row_floats = rows * q_heads * (head_dim + 2);
-    splits = std::min({(target + ctas - 1) / ctas, max_keys / kMinSplitKeys, kMaxGridYZ,
+    // Rounded to nearest: a few more CTAs than the target would add a mostly idle last wave.
+    splits = std::min({(target + ctas / 2) / ctas, max_keys / kMinSplitKeys, kMaxGridYZ,
                        kMaxWorkspaceFloats / std::max<int64_t>(per_row_floats, 1)});
     splits = std::max<int64_t>(splits, 1);
   }

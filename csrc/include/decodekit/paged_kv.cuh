@@ -302,7 +302,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
   const int64_t queries = t.q_end - t.q_begin;
   const int64_t query_row0 = t.row0 + t.q_begin;
   // Row r of the CTA: query r / heads, query head first_head + r % heads.
-  auto row_valid = [&](int r) { return r < queries * heads; };
+  const int valid_rows = static_cast<int>(queries) * heads;
+  auto row_valid = [&](int r) { return r < valid_rows; };
   auto out_offset = [&](int r) {  // element offset of row r in q / out ([T, Hq, D])
     return ((query_row0 + r / heads) * p.q_heads + first_head + r % heads) * D;
   };
