@@ -164,7 +164,7 @@ class PagedKVCache:
             table[rows, cols] = np.concatenate([np.asarray(t, dtype=np.int32) for t in tables])
         seq_lens = np.array([self.allocator.length(s) for s in seqs], dtype=np.int32)
         cu = np.zeros(len(seqs) + 1, dtype=np.int32)
-        np.cumsum(np.asarray(q_lens, dtype=np.int64), out=cu[1:], casting="unsafe")
+        cu[1:] = np.cumsum(np.asarray(q_lens, dtype=np.int64))
         slot_mapping = np.concatenate(slots) if slots else np.empty(0, dtype=np.int64)
         to = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
         return BatchMetadata(to(table), to(seq_lens), to(cu), to(slot_mapping.astype(np.int64)))
