@@ -213,6 +213,23 @@ def test_custom_mask_without_visible_key_is_zero_on_every_backend(kernel_case):
     assert torch.equal(got[1].cpu(), torch.zeros_like(got[1].cpu()))
 
 
+def test_empty_inputs_are_no_ops(kernel_case):
+    backend, device = kernel_case
+    k_cache = torch.randn(2, 16, 1, 64, device=device)
+    v_cache = k_cache.clone()
+    before = k_cache.clone()
+    none = torch.zeros(0, 1, 64, device=device)
+    ops.kv_append(none, none, k_cache, v_cache, torch.zeros(0, dtype=torch.int64, device=device), backend=backend)
+    no_pairs = torch.zeros(0, dtype=torch.int32, device=device)
+    ops.kv_copy_blocks(k_cache, v_cache, no_pairs, no_pairs, backend=backend)
+    assert torch.equal(k_cache, before) and torch.equal(v_cache, before)
+    table = torch.tensor([[0], [1]], dtype=torch.int32, device=device)
+    lens = torch.tensor([5, 0], dtype=torch.int32, device=device)
+    cu = torch.tensor([0, 0, 0], dtype=torch.int32, device=device)  # no request has queries
+    out = ops.paged_attention(torch.zeros(0, 2, 64, device=device), k_cache, v_cache, table, lens, cu, backend=backend)
+    assert out.shape == (0, 2, 64)
+
+
 # ------------------------------------------------------------------ custom-mask forms
 
 
@@ -327,6 +344,8 @@ BAD_ATTENTION = [
     (lambda a: a.update(seq_lens=torch.tensor([20, 5, 1], dtype=torch.int32)), ValueError, "seq_lens"),
     (lambda a: a.update(seq_lens=torch.tensor([20, 100], dtype=torch.int32)), ValueError, "seq_lens"),
     (lambda a: a.update(seq_lens=torch.tensor([1, 5], dtype=torch.int32)), ValueError, "seq_lens"),
+    (lambda a: a.update(seq_lens=a["seq_lens"].to("meta")), ValueError, "seq_lens"),
+    (lambda a: a.update(v_cache=a["v_cache"].to("meta")), ValueError, "v_cache"),
     (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 2, 4], dtype=torch.int32)), ValueError, "cu_seqlens_q"),
     (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 3], dtype=torch.int32)), ValueError, "cu_seqlens_q"),
     (lambda a: a.update(mask="sliding"), ValueError, "mask"),
