@@ -76,7 +76,9 @@ def index_tensor(name: str, value, shape: tuple[int, ...], device: torch.device,
         raise ValueError(f"{name} must have shape [{want}], got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} is on {value.device} but the data tensors are on {device}")
-    return value.to(dtype).contiguous()
+    if value.dtype != dtype:
+        value = value.to(dtype)
+    return value.contiguous()
 
 
 def scale_value(scale, head_dim: int) -> float:
