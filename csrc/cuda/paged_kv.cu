@@ -73,17 +73,31 @@ cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
   return cudaGetLastError();
 }
 
-template <typename T, int ROWS>
-void launch_attention_rows(const AttentionParams& params, int64_t head_dim, dim3 grid, cudaStream_t stream) {
+// The attention kernel for (T, D) and the CTA's row count, then the split merge if any.
+template <typename T, int D>
+void launch_attention_dim(const AttentionParams& params, int rows_per_cta, dim3 grid, cudaStream_t stream) {
+  if (rows_per_cta == 4) {
+    paged_attention_kernel<T, D, 4><<<grid, kThreads, 0, stream>>>(params);
+  } else {
+    paged_attention_kernel<T, D, 8><<<grid, kThreads, 0, stream>>>(params);
+  }
+  if (params.splits > 1) {
+    paged_attention_merge_kernel<T, D><<<dim3(grid.x, grid.y), kThreads, 0, stream>>>(params);
+  }
+}
+
+template <typename T>
+void launch_attention(const AttentionParams& params, int64_t head_dim, int rows_per_cta, dim3 grid,
+                      cudaStream_t stream) {
   switch (head_dim) {
     case 64:
-      paged_attention_kernel<T, 64, ROWS><<<grid, kThreads, 0, stream>>>(params);
+      launch_attention_dim<T, 64>(params, rows_per_cta, grid, stream);
       break;
     case 128:
-      paged_attention_kernel<T, 128, ROWS><<<grid, kThreads, 0, stream>>>(params);
+      launch_attention_dim<T, 128>(params, rows_per_cta, grid, stream);
       break;
     case 256:
-      paged_attention_kernel<T, 256, ROWS><<<grid, kThreads, 0, stream>>>(params);
+      launch_attention_dim<T, 256>(params, rows_per_cta, grid, stream);
       break;
     default:
       break;  // excluded by attention_supports_head_dim
@@ -201,15 +215,7 @@ cudaError_t launch_paged_attention(const AttentionArgs& args, const AttentionPla
                   static_cast<unsigned>(plan.splits));
   return dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (plan.rows_per_cta == 4) {
-      launch_attention_rows<T, 4>(p, args.head_dim, grid, stream);
-    } else {
-      launch_attention_rows<T, 8>(p, args.head_dim, grid, stream);
-    }
-    if (plan.splits > 1) {
-      const dim3 merge_grid(grid.x, grid.y);
-      paged_attention_merge_kernel<T><<<merge_grid, kThreads, 0, stream>>>(p, static_cast<int>(args.head_dim));
-    }
+    launch_attention<T>(p, args.head_dim, plan.rows_per_cta, grid, stream);
   });
 }
 

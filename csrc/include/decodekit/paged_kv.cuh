@@ -463,35 +463,48 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
 }
 
 // Combines the used splits of every row of a tile: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-template <typename T>
-__global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const AttentionParams p, int head_dim) {
+// One warp per row: lanes share the split loop's stats loads (broadcast) and own D / 32 columns,
+// so a long context's ~100 splits cost a few microseconds, not a serial loop per element.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const AttentionParams p) {
+  static_assert(D % 32 == 0, "each lane owns D / 32 columns");
+  constexpr int kPerLane = D / 32;
   __shared__ Tile tile;
   if (threadIdx.x < 32) find_tile(p, blockIdx.x, tile);
   __syncthreads();
   if (!tile.valid) return;
-  const int64_t used =
-      p.keys_per_split > 0 ? min(static_cast<int64_t>(p.splits), (tile.num_keys + p.keys_per_split - 1) / p.keys_per_split) : 0;
+  const Tile t = tile;
+  const int64_t used = min(static_cast<int64_t>(p.splits), (t.num_keys + p.keys_per_split - 1) / p.keys_per_split);
   const int chunk = blockIdx.y % p.head_chunks;
   const int first_head = (blockIdx.y / p.head_chunks) * p.group + chunk * p.heads_per_cta;
   const int heads = min(p.heads_per_cta, static_cast<int>(p.group - chunk * p.heads_per_cta));
-  const int64_t rows = (tile.q_end - tile.q_begin) * heads;
+  const int rows = static_cast<int>(t.q_end - t.q_begin) * heads;
   const int64_t split_stride = p.rows * p.q_heads;  // rows x heads of one split
-  for (int64_t i = threadIdx.x; i < rows * head_dim; i += kThreads) {
-    const int64_t r = i / head_dim, d = i % head_dim;
-    const int64_t row_head = (tile.row0 + tile.q_begin + r / heads) * p.q_heads + first_head + r % heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = warp; r < rows; r += kWarps) {
+    const int64_t row_head = (t.row0 + t.q_begin + r / heads) * p.q_heads + first_head + r % heads;
     float row_max = kNegInf;
-    for (int64_t s = 0; s < used; ++s) row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + row_head) * 2]);
-    float total = 0.0f, value = 0.0f;
-    if (row_max != kNegInf) {
+    for (int64_t s = lane; s < used; s += 32) row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + row_head) * 2]);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(kFullMask, row_max, offset));
+    float total = 0.0f, value[kPerLane];
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) value[e] = 0.0f;
+    if (row_max != kNegInf) {  // warp-uniform: every lane reduced the same maxima
       for (int64_t s = 0; s < used; ++s) {
         const float* stats = p.partial_stats + (s * split_stride + row_head) * 2;
-        if (stats[0] == kNegInf) continue;
+        if (stats[0] == kNegInf) continue;  // this split saw no key of the row
         const float weight = __expf(stats[0] - row_max);
         total += stats[1] * weight;
-        value = fmaf(p.partial_acc[(s * split_stride + row_head) * head_dim + d], weight, value);
+        const float* acc = p.partial_acc + (s * split_stride + row_head) * D;
+#pragma unroll
+        for (int e = 0; e < kPerLane; ++e) value[e] = fmaf(acc[lane + 32 * e], weight, value[e]);
       }
     }
-    static_cast<T*>(p.out)[row_head * head_dim + d] = Vec16<T>::scalar(total > 0.0f ? value / total : 0.0f);
+    const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
+    T* o = static_cast<T*>(p.out) + row_head * D;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) o[lane + 32 * e] = Vec16<T>::scalar(value[e] * inverse);
   }
 }
 
