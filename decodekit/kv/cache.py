@@ -132,7 +132,7 @@ class PagedKVCache:
         """Run the allocator's pending copy-on-write block copies in every layer."""
         pairs = self.allocator.take_copies()
         if pairs:
-            src, dst = torch.tensor(pairs, dtype=torch.int32).T.contiguous().to(self.device)
+            src, dst = self._upload(np.asarray(pairs, dtype=np.int32).T.copy())
             ops.kv_copy_blocks(self.k, self.v, src, dst, backend=self.backend, validate=False)
 
     # ------------------------------------------------------------------ internals
@@ -166,5 +166,14 @@ class PagedKVCache:
         cu = np.zeros(len(seqs) + 1, dtype=np.int32)
         cu[1:] = np.cumsum(np.asarray(q_lens, dtype=np.int64))
         slot_mapping = np.concatenate(slots) if slots else np.empty(0, dtype=np.int64)
-        to = lambda array: torch.from_numpy(array).to(self.device)  # noqa: E731
-        return BatchMetadata(to(table), to(seq_lens), to(cu), to(slot_mapping.astype(np.int64)))
+        return BatchMetadata(self._upload(table), self._upload(seq_lens), self._upload(cu),
+                             self._upload(slot_mapping.astype(np.int64)))
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        # A pageable host->device copy waits for the GPU's queued work; a pinned buffer from torch's
+        # caching host allocator (kept alive until the copy ran) lets the step's metadata upload
+        # overlap the previous step's kernels.
+        return tensor.pin_memory().to(self.device, non_blocking=True)

@@ -15,8 +15,8 @@ from decodekit.kv import BlockAllocator, OutOfBlocksError, PagedKVCache
 LAYERS, HEADS_KV, HEADS_Q, HEAD_DIM, BLOCK = 2, 2, 4, 16, 4
 
 
-def _cache(num_blocks=32, **kwargs):
-    return PagedKVCache(LAYERS, HEADS_KV, HEAD_DIM, torch.float32, "cpu", num_blocks, BLOCK, **kwargs)
+def _cache(num_blocks=32, device="cpu", **kwargs):
+    return PagedKVCache(LAYERS, HEADS_KV, HEAD_DIM, torch.float32, device, num_blocks, BLOCK, **kwargs)
 
 
 def test_storage_is_one_tensor_per_k_and_v_with_contiguous_layer_views():
@@ -134,11 +134,12 @@ def _step(cache, truth, meta, seqs, counts, starts, generator, causal=True):
     for i, seq in enumerate(seqs):
         rows = slice(offsets[i], offsets[i + 1])
         truth.write(seq, starts[i], new_k[:, rows], new_v[:, rows])
+    device = cache.device
     for layer in range(LAYERS):
         k_cache, v_cache = cache.layer(layer)
-        ops.kv_append(new_k[layer], new_v[layer], k_cache, v_cache, meta.slot_mapping)
-        got = ops.paged_attention(q[layer], k_cache, v_cache, meta.block_table, meta.seq_lens, meta.cu_seqlens_q,
-                                  mask="causal" if causal else "full")
+        ops.kv_append(new_k[layer].to(device), new_v[layer].to(device), k_cache, v_cache, meta.slot_mapping)
+        got = ops.paged_attention(q[layer].to(device), k_cache, v_cache, meta.block_table, meta.seq_lens,
+                                  meta.cu_seqlens_q, mask="causal" if causal else "full").cpu()
         want = torch.cat([truth.attend(layer, seq, q[layer, offsets[i]:offsets[i + 1]], causal)
                           for i, seq in enumerate(seqs)])
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
@@ -150,9 +151,10 @@ def _append(cache, truth, seqs, counts, generator):
     _step(cache, truth, meta, seqs, counts, starts, generator)
 
 
-def test_decode_with_forks_rollbacks_and_rewrites_matches_contiguous_attention():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_decode_with_forks_rollbacks_and_rewrites_matches_contiguous_attention(device):
     generator = torch.Generator().manual_seed(0)
-    cache, truth = _cache(num_blocks=40), ContiguousTruth()
+    cache, truth = _cache(num_blocks=40, device=device), ContiguousTruth()
     for seq in ("a", "b"):
         cache.allocator.allocate(seq)
     _append(cache, truth, ["a", "b"], [7, 10], generator)  # prefill of two prompts
