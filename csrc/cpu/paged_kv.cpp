@@ -753,12 +753,12 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      const at::Tensor& cu_seqlens_q, int64_t mask_mode, double scale,
                      const at::Tensor& custom_mask, const at::Tensor& mask_indptr,
                      const at::Tensor& out) {
-  TORCH_CHECK(mask_mode >= kCausal && mask_mode <= kCustom,
-              "paged_attention: mask_mode must be 0 (causal), 1 (full) or 2 (custom), got ",
-              mask_mode);
-  TORCH_CHECK(k_cache.size(2) > 0 && q.size(1) % k_cache.size(2) == 0,
-              "paged_attention: Hq must be a multiple of Hkv, got Hq=", q.size(1), ", Hkv=",
-              k_cache.size(2));
+  TORCH_CHECK_VALUE(mask_mode >= kCausal && mask_mode <= kCustom,
+                    "paged_attention: mask_mode must be 0 (causal), 1 (full) or 2 (custom), got ",
+                    mask_mode);
+  TORCH_CHECK_VALUE(k_cache.size(2) > 0 && q.size(1) % k_cache.size(2) == 0,
+                    "paged_attention: Hq must be a multiple of Hkv, got Hq=", q.size(1), ", Hkv=",
+                    k_cache.size(2));
   Attention a;
   a.g = Geometry{q.size(0),        k_cache.size(0), k_cache.size(1),
                  k_cache.size(2),  q.size(1),       q.size(1) / k_cache.size(2),
