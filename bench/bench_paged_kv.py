@@ -66,8 +66,9 @@ class DecodeCase:
     def sdpa_repeat_kv(self):
         group = NUM_Q_HEADS // NUM_KV_HEADS
         batch, _, context, _ = self.k.shape
-        k = self.k[:, :, None].expand(batch, NUM_KV_HEADS, group, context, HEAD_DIM).reshape(batch, -1, context, HEAD_DIM)
-        v = self.v[:, :, None].expand(batch, NUM_KV_HEADS, group, context, HEAD_DIM).reshape(batch, -1, context, HEAD_DIM)
+        expanded = (batch, NUM_KV_HEADS, group, context, HEAD_DIM)
+        k = self.k[:, :, None].expand(expanded).reshape(batch, -1, context, HEAD_DIM)
+        v = self.v[:, :, None].expand(expanded).reshape(batch, -1, context, HEAD_DIM)
         return torch.nn.functional.scaled_dot_product_attention(self.q.unsqueeze(2), k, v)
 
     def release_contiguous(self):

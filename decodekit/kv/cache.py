@@ -112,7 +112,9 @@ class PagedKVCache:
         self.flush_copies()
         return self._metadata(seqs, num_new_tokens, slots, max_blocks)
 
-    def rewrite(self, seqs: Sequence[Hashable], q_lens: Sequence[int], *, max_blocks: int | None = None) -> BatchMetadata:
+    def rewrite(
+        self, seqs: Sequence[Hashable], q_lens: Sequence[int], *, max_blocks: int | None = None
+    ) -> BatchMetadata:
         """Metadata for overwriting the LAST ``q_lens[b]`` positions of each sequence in place
         (a masked-diffusion block re-run at every denoising step); shared blocks among them are
         copied first. The sequences do not grow."""

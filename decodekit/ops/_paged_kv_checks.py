@@ -261,7 +261,8 @@ def check_copy_pairs(checks: ValueChecks, src: torch.Tensor, dst: torch.Tensor, 
     checks.add((ordered[1:] == ordered[:-1]).any(), lambda: f"dst must not repeat a block, got {_head(dst)}")
     checks.add(
         torch.isin(dst, src).any(),
-        lambda: f"no dst block may also be a src block (the copy order would matter); src={_head(src)}, dst={_head(dst)}",
+        lambda: "no dst block may also be a src block (the copy order would matter); "
+        f"src={_head(src)}, dst={_head(dst)}",
     )
 
 
