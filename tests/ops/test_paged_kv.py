@@ -203,6 +203,30 @@ def test_attention_guards_match_reference(kernel_case):
     assert torch.equal(got[2].cpu(), torch.zeros_like(got[2].cpu()))
 
 
+def test_raw_kernel_row_and_mask_guards(kernel_case):
+    """The raw contract's guards for values the ops layer never produces: query rows past T are
+    skipped, rows of no request are left untouched, mask elements past the mask are invisible."""
+    from decodekit.ops._backend import kernel
+
+    backend, device = kernel_case
+    batch = make_batch([(3, 10), (3, 7)], device=device, seed=13)
+    q = batch["q"][:4].contiguous()  # T = 4, but request 1 claims rows 3..5
+    meta = (batch["block_table"], batch["seq_lens"], batch["cu_seqlens_q"])
+    mask = torch.ones(9, dtype=torch.uint8, device=device)
+    indptr = torch.tensor([0, 1000, 1009], dtype=torch.int64, device=device)  # request 1's mask is out of range
+    args = (q, batch["k_cache"], batch["v_cache"], *meta, 2, 0.125, mask, indptr)
+    got = torch.full_like(q, 7.0)
+    want = torch.full_like(q.cpu(), 7.0)
+    kernel(backend, "paged_kv", "paged_attention")(*args, got)
+    kernel("reference", "paged_kv", "paged_attention")(*(a.cpu() if torch.is_tensor(a) else a for a in args), want)
+    torch.testing.assert_close(got.cpu(), want, **TOLERANCES[torch.float32])
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32, device=device)  # rows 2 and 3 belong to no request
+    got = torch.full_like(q, 7.0)
+    kernel(backend, "paged_kv", "paged_attention")(q, batch["k_cache"], batch["v_cache"], meta[0], meta[1], cu, 0,
+                                                    0.125, mask[:0], indptr[:0], got)
+    assert (got[2:] == 7.0).all() and not (got[:2] == 7.0).any()
+
+
 def test_custom_mask_without_visible_key_is_zero_on_every_backend(kernel_case):
     backend, device = kernel_case
     batch = make_batch([(3, 3), (2, 9)], device=device, seed=5)
