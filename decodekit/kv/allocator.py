@@ -116,9 +116,10 @@ class BlockAllocator:
         state = self._state(seq)
         if not 0 <= start <= end <= state.length:
             raise ValueError(f"positions [{start}, {end}) are not inside sequence {seq!r} of length {state.length}")
+        first = start // self.block_size  # convert only the blocks in range: a decode step touches one
+        table = np.asarray(state.blocks[first : _ceil_div(end, self.block_size)], dtype=np.int64)
         positions = np.arange(start, end, dtype=np.int64)
-        table = np.asarray(state.blocks, dtype=np.int64)
-        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+        return table[positions // self.block_size - first] * self.block_size + positions % self.block_size
 
     def blocks_needed(self, writes: Iterable[tuple[Hashable, int, int]]) -> int:
         """New blocks that writing positions ``[start, end)`` of each ``(seq, start, end)`` takes,

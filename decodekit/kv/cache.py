@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -163,7 +164,7 @@ class PagedKVCache:
         if widest:  # scatter all tables at once: row b, columns 0 .. len(table_b)-1
             rows = np.repeat(np.arange(len(seqs)), lengths)
             cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            table[rows, cols] = np.concatenate([np.asarray(t, dtype=np.int32) for t in tables])
+            table[rows, cols] = np.fromiter(itertools.chain.from_iterable(tables), dtype=np.int32, count=len(rows))
         seq_lens = np.array([self.allocator.length(s) for s in seqs], dtype=np.int32)
         cu = np.zeros(len(seqs) + 1, dtype=np.int32)
         cu[1:] = np.cumsum(np.asarray(q_lens, dtype=np.int64))
