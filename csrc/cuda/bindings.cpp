@@ -232,9 +232,9 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   }
   const c10::cuda::CUDAGuard guard(q.device());
   dkp::AttentionPlan plan;
+  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   TORCH_CHECK(dkp::plan_paged_attention(batch, rows, q_heads, kv_heads, head_dim, k_cache.size(1),
-                                        block_table.size(1), at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                                        &plan),
+                                        block_table.size(1), num_sms, &plan),
               "paged_attention: sizes exceed the CUDA grid limits (T=", rows, ", Hkv=", kv_heads, ")");
   at::Tensor workspace;
   if (plan.workspace_floats > 0) workspace = at::empty({plan.workspace_floats}, q.options().dtype(at::kFloat));
@@ -260,8 +260,8 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   args.num_blocks = k_cache.size(0);
   args.block_size = k_cache.size(1);
   args.max_blocks = block_table.size(1);
-  check_launch(dkp::launch_paged_attention(args, plan, plan.workspace_floats > 0 ? workspace.data_ptr<float>() : nullptr,
-                                           at::cuda::getCurrentCUDAStream()),
+  float* workspace_data = plan.workspace_floats > 0 ? workspace.data_ptr<float>() : nullptr;
+  check_launch(dkp::launch_paged_attention(args, plan, workspace_data, at::cuda::getCurrentCUDAStream()),
                "paged_attention");
 }
 

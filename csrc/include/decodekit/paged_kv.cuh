@@ -319,7 +319,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
     for (int v = 0; v < kVecsPerLane; ++v) {
       float* dst = &q[r][v * V::kElems];
       if (row_valid(r)) {
-        const uint4 w = *reinterpret_cast<const uint4*>(q_data + out_offset(r) + (group_lane + v * kLanesPerKey) * V::kElems);
+        const int64_t element = out_offset(r) + (group_lane + v * kLanesPerKey) * V::kElems;
+        const uint4 w = *reinterpret_cast<const uint4*>(q_data + element);
         V::to_float(w, dst);
 #pragma unroll
         for (int e = 0; e < V::kElems; ++e) dst[e] *= p.scale;
@@ -484,9 +485,13 @@ __global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const A
   for (int r = warp; r < rows; r += kWarps) {
     const int64_t row_head = (t.row0 + t.q_begin + r / heads) * p.q_heads + first_head + r % heads;
     float row_max = kNegInf;
-    for (int64_t s = lane; s < used; s += 32) row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + row_head) * 2]);
+    for (int64_t s = lane; s < used; s += 32) {
+      row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + row_head) * 2]);
+    }
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) row_max = fmaxf(row_max, __shfl_xor_sync(kFullMask, row_max, offset));
+    for (int offset = 16; offset > 0; offset /= 2) {
+      row_max = fmaxf(row_max, __shfl_xor_sync(kFullMask, row_max, offset));
+    }
     float total = 0.0f, value[kPerLane];
 #pragma unroll
     for (int e = 0; e < kPerLane; ++e) value[e] = 0.0f;
