@@ -22,4 +22,6 @@ python -m decodekit.cli info | tee "$OUT/info.txt"
 timeout 150 python -m pytest -m gpu -q -x --no-header -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_gpu.txt"
 
 timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>&1 | tail -60 | tee "$OUT/bench_sampling.txt"
+# paged attention decode (B=32 ctx 4096, B=1 ctx 32768, fp16): target >= 80% of the copy bandwidth at B=32
+timeout 120 python -m decodekit.cli bench paged_kv --device cuda --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_paged_kv.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"

@@ -2,6 +2,7 @@
 // kernels' contracts are in the headers next to this file.
 #include <torch/extension.h>
 
+#include "paged_kv.h"
 #include "sampling.h"
 
 namespace py = pybind11;
@@ -24,4 +25,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("probs"), py::arg("top_k"), py::arg("top_p"), py::arg("out"));
   m.def("philox_uniform", &decodekit::cpu::philox_uniform, release_gil, py::arg("seed"),
         py::arg("offset"), py::arg("stream"), py::arg("out"));
+
+  m.def("kv_append", &decodekit::cpu::kv_append, release_gil, py::arg("k"), py::arg("v"),
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("slot_mapping"));
+  m.def("kv_copy_blocks", &decodekit::cpu::kv_copy_blocks, release_gil, py::arg("k_cache"),
+        py::arg("v_cache"), py::arg("src"), py::arg("dst"));
+  m.def("paged_attention", &decodekit::cpu::paged_attention, release_gil, py::arg("q"),
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_lens"),
+        py::arg("cu_seqlens_q"), py::arg("mask_mode"), py::arg("scale"), py::arg("custom_mask"),
+        py::arg("mask_indptr"), py::arg("out"));
 }

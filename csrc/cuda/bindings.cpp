@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "paged_kv_launch.h"
 #include "sampling_launch.h"
 
 namespace {
@@ -125,6 +126,145 @@ void philox_uniform(const at::Tensor& seed, const at::Tensor& offset, int64_t st
                "philox_uniform");
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// paged_kv
+
+namespace dkp = decodekit::paged_kv;
+
+dkp::DType kv_dtype(const at::Tensor& t, const char* name) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
+              " must be float32, float16 or bfloat16, got ", type);
+  return type == at::kFloat ? dkp::DType::kFloat32 : type == at::kHalf ? dkp::DType::kFloat16 : dkp::DType::kBFloat16;
+}
+
+// A contiguous CUDA tensor on `like`'s device with `dims` dimensions and the given dtype.
+void check_kv(const at::Tensor& t, const char* name, const at::Tensor& like, at::ScalarType dtype, int64_t dims) {
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void kv_append(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache, const at::Tensor& v_cache,
+               const at::Tensor& slot_mapping) {
+  TORCH_CHECK(k_cache.is_cuda(), "k_cache must be a CUDA tensor, got device ", k_cache.device());
+  kv_dtype(k_cache, "k_cache");
+  const at::ScalarType dtype = k_cache.scalar_type();
+  check_kv(k_cache, "k_cache", k_cache, dtype, 4);
+  check_kv(v_cache, "v_cache", k_cache, dtype, 4);
+  check_kv(k, "k", k_cache, dtype, 3);
+  check_kv(v, "v", k_cache, dtype, 3);
+  check_kv(slot_mapping, "slot_mapping", k_cache, at::kLong, 1);
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(), ", got ",
+              v_cache.sizes());
+  const int64_t tokens = k.size(0);
+  TORCH_CHECK(k.size(1) == k_cache.size(2) && k.size(2) == k_cache.size(3), "k must be [T, Hkv, D] = [T, ",
+              k_cache.size(2), ", ", k_cache.size(3), "], got ", k.sizes());
+  TORCH_CHECK(v.sizes() == k.sizes(), "v must have the shape of k ", k.sizes(), ", got ", v.sizes());
+  TORCH_CHECK(slot_mapping.size(0) == tokens, "slot_mapping must be [T] with T = ", tokens, ", got ",
+              slot_mapping.sizes());
+  const c10::cuda::CUDAGuard guard(k_cache.device());
+  check_launch(dkp::launch_kv_append(k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                                     slot_mapping.data_ptr<int64_t>(), tokens, k_cache.size(0) * k_cache.size(1),
+                                     k_cache.size(2) * k_cache.size(3) * k_cache.element_size(),
+                                     at::cuda::getCurrentCUDAStream()),
+               "kv_append");
+}
+
+void kv_copy_blocks(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& src,
+                    const at::Tensor& dst) {
+  TORCH_CHECK(k_cache.is_cuda(), "k_cache must be a CUDA tensor, got device ", k_cache.device());
+  kv_dtype(k_cache, "k_cache");
+  check_kv(k_cache, "k_cache", k_cache, k_cache.scalar_type(), 5);
+  check_kv(v_cache, "v_cache", k_cache, k_cache.scalar_type(), 5);
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(), ", got ",
+              v_cache.sizes());
+  check_kv(src, "src", k_cache, at::kInt, 1);
+  check_kv(dst, "dst", k_cache, at::kInt, 1);
+  TORCH_CHECK(src.size(0) == dst.size(0), "src and dst must have the same length, got ", src.size(0), " and ",
+              dst.size(0));
+  const c10::cuda::CUDAGuard guard(k_cache.device());
+  check_launch(dkp::launch_kv_copy_blocks(k_cache.data_ptr(), v_cache.data_ptr(), src.data_ptr<int32_t>(),
+                                          dst.data_ptr<int32_t>(), src.size(0), k_cache.size(0), k_cache.size(1),
+                                          k_cache.size(2) * k_cache.size(3) * k_cache.size(4) * k_cache.element_size(),
+                                          at::cuda::getCurrentCUDAStream()),
+               "kv_copy_blocks");
+}
+
+void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                     const at::Tensor& block_table, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
+                     int64_t mask_mode, double scale, const at::Tensor& custom_mask, const at::Tensor& mask_indptr,
+                     const at::Tensor& out) {
+  TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
+  const dkp::DType dtype = kv_dtype(q, "q");
+  check_kv(q, "q", q, q.scalar_type(), 3);
+  check_kv(k_cache, "k_cache", q, q.scalar_type(), 4);
+  check_kv(v_cache, "v_cache", q, q.scalar_type(), 4);
+  check_kv(out, "out", q, q.scalar_type(), 3);
+  check_kv(block_table, "block_table", q, at::kInt, 2);
+  check_kv(seq_lens, "seq_lens", q, at::kInt, 1);
+  check_kv(cu_seqlens_q, "cu_seqlens_q", q, at::kInt, 1);
+  const int64_t rows = q.size(0), q_heads = q.size(1), head_dim = q.size(2);
+  const int64_t kv_heads = k_cache.size(2), batch = block_table.size(0);
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(), ", got ",
+              v_cache.sizes());
+  TORCH_CHECK(out.sizes() == q.sizes(), "out must have the shape of q ", q.sizes(), ", got ", out.sizes());
+  TORCH_CHECK(k_cache.size(3) == head_dim, "k_cache head_dim ", k_cache.size(3), " must equal q's ", head_dim);
+  TORCH_CHECK_VALUE(kv_heads > 0 && q_heads % kv_heads == 0, "Hq (", q_heads, ") must be a multiple of Hkv (",
+                    kv_heads, ")");
+  TORCH_CHECK_VALUE(dkp::attention_supports_head_dim(head_dim),
+                    "the cuda paged_attention supports head_dim 64, 128 or 256, got ", head_dim);
+  TORCH_CHECK(seq_lens.size(0) == batch && cu_seqlens_q.size(0) == batch + 1,
+              "seq_lens must be [B] and cu_seqlens_q [B + 1] with B = ", batch, ", got ", seq_lens.sizes(), " and ",
+              cu_seqlens_q.sizes());
+  TORCH_CHECK(mask_mode >= 0 && mask_mode <= 2, "mask_mode must be 0 (causal), 1 (full) or 2 (custom), got ",
+              mask_mode);
+  const bool custom = mask_mode == 2;
+  if (custom) {
+    TORCH_CHECK(custom_mask.device() == q.device() && custom_mask.is_contiguous() &&
+                    (custom_mask.scalar_type() == at::kByte || custom_mask.scalar_type() == at::kBool),
+                "custom_mask must be a contiguous uint8 or bool tensor on ", q.device());
+    check_kv(mask_indptr, "mask_indptr", q, at::kLong, 1);
+    TORCH_CHECK(mask_indptr.size(0) == batch + 1, "mask_indptr must be [B + 1] with B = ", batch, ", got ",
+                mask_indptr.sizes());
+  }
+  const c10::cuda::CUDAGuard guard(q.device());
+  dkp::AttentionPlan plan;
+  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  TORCH_CHECK(dkp::plan_paged_attention(batch, rows, q_heads, kv_heads, head_dim, k_cache.size(1),
+                                        block_table.size(1), num_sms, &plan),
+              "paged_attention: sizes exceed the CUDA grid limits (T=", rows, ", Hkv=", kv_heads, ")");
+  at::Tensor workspace;
+  if (plan.workspace_floats > 0) workspace = at::empty({plan.workspace_floats}, q.options().dtype(at::kFloat));
+  dkp::AttentionArgs args{};
+  args.q = q.data_ptr();
+  args.k_cache = k_cache.data_ptr();
+  args.v_cache = v_cache.data_ptr();
+  args.out = out.data_ptr();
+  args.dtype = dtype;
+  args.block_table = block_table.data_ptr<int32_t>();
+  args.seq_lens = seq_lens.data_ptr<int32_t>();
+  args.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
+  args.custom_mask = custom && custom_mask.numel() > 0 ? static_cast<const uint8_t*>(custom_mask.data_ptr()) : nullptr;
+  args.custom_mask_numel = custom ? custom_mask.numel() : 0;
+  args.mask_indptr = custom ? mask_indptr.data_ptr<int64_t>() : nullptr;
+  args.mask_mode = static_cast<int>(mask_mode);
+  args.scale = static_cast<float>(scale);
+  args.batch = batch;
+  args.rows = rows;
+  args.q_heads = q_heads;
+  args.kv_heads = kv_heads;
+  args.head_dim = head_dim;
+  args.num_blocks = k_cache.size(0);
+  args.block_size = k_cache.size(1);
+  args.max_blocks = block_table.size(1);
+  float* workspace_data = plan.workspace_floats > 0 ? workspace.data_ptr<float>() : nullptr;
+  check_launch(dkp::launch_paged_attention(args, plan, workspace_data, at::cuda::getCurrentCUDAStream()),
+               "paged_attention");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -147,4 +287,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("philox_uniform", &philox_uniform,
         "out f32[B, n] = Philox uniform(seed[b], offset[b], stream, counter i).", py::arg("seed"),
         py::arg("offset"), py::arg("stream"), py::arg("out"));
+  m.def("kv_append", &kv_append,
+        "Scatter k, v [T, Hkv, D] into k_cache, v_cache [NB, BS, Hkv, D] at slot_mapping i64[T] (slots outside "
+        "[0, NB*BS) skipped).",
+        py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("slot_mapping"));
+  m.def("kv_copy_blocks", &kv_copy_blocks,
+        "In every layer of k_cache, v_cache [L, NB, BS, Hkv, D], block dst[p] = block src[p] (i32[P]; ids outside "
+        "[0, NB) skipped).",
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("src"), py::arg("dst"));
+  m.def("paged_attention", &paged_attention,
+        "Attention of q [T, Hq, D] over the paged cache (block_table i32[B, MB], seq_lens i32[B], cu_seqlens_q "
+        "i32[B+1], mask_mode 0 causal / 1 full / 2 custom with custom_mask u8 and mask_indptr i64[B+1]) into out.",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_lens"),
+        py::arg("cu_seqlens_q"), py::arg("mask_mode"), py::arg("scale"), py::arg("custom_mask"),
+        py::arg("mask_indptr"), py::arg("out"));
 }

@@ -1,5 +1,6 @@
 """decodekit's public functional API: validation, backend dispatch, torch.library registration."""
 
+from decodekit.ops.paged_kv import kv_append, kv_copy_blocks, pack_custom_mask, paged_attention
 from decodekit.ops.rng import Stream, philox_uniform
 from decodekit.ops.sampling import SampleOutput, apply_penalties, mask_logits, sample, top_k_top_p_renorm
 
@@ -7,7 +8,11 @@ __all__ = [
     "SampleOutput",
     "Stream",
     "apply_penalties",
+    "kv_append",
+    "kv_copy_blocks",
     "mask_logits",
+    "pack_custom_mask",
+    "paged_attention",
     "philox_uniform",
     "sample",
     "top_k_top_p_renorm",

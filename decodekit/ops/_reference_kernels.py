@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.reference import rng, sampling
+from decodekit.reference import paged_kv, rng, sampling
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed, offset, tokens_out, logprobs_out, valid_out):
@@ -37,3 +37,22 @@ def top_k_top_p_renorm(probs, top_k, top_p, out):
 
 def philox_uniform(seed: torch.Tensor, offset: torch.Tensor, stream: int, out: torch.Tensor):
     out.copy_(rng.philox_uniform(seed, offset, stream, out.shape[1]))
+
+
+# ----------------------------------------------------------------------------- paged_kv
+
+
+def kv_append(k, v, k_cache, v_cache, slot_mapping):
+    paged_kv.kv_append(k, v, k_cache, v_cache, slot_mapping)
+
+
+def kv_copy_blocks(k_cache, v_cache, src, dst):
+    paged_kv.kv_copy_blocks(k_cache, v_cache, src, dst)
+
+
+def paged_attention(
+    q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, mask_mode, scale, custom_mask, mask_indptr, out
+):
+    paged_kv.paged_attention(
+        q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, mask_mode, scale, custom_mask, mask_indptr, out=out
+    )
