@@ -20,6 +20,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
@@ -254,7 +258,10 @@ struct SoftmaxStats {
       }
     } else {
 #pragma omp simd reduction(+ : block_z)
-      for (int64_t j = 0; j < n; ++j) block_z += select(y[j] > -kInf, fast_exp(y[j] - max), 0.0f);
+      for (int64_t j = 0; j < n; ++j) {
+        const float d = y[j] - max;
+        block_z += select(y[j] > -kInf, fast_exp(d), 0.0f);
+      }
     }
     z += block_z;
     s += block_s;
@@ -291,6 +298,131 @@ struct GumbelDraw {
   int64_t index = -1;
 };
 
+#if defined(__AVX512F__)
+// High 32 bits of the 32x32-bit products of 16 lanes: the even lanes' 64-bit products shifted
+// down, blended with the odd lanes' (already in the high halves).
+inline __m512i mulhi_epu32(__m512i a, __m512i b) {
+  const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(a, b), 32);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+  return _mm512_mask_blend_epi32(0xAAAA, even, odd);
+}
+
+// rng.cuh's philox_uniform for 16 counters c0 sharing seed, c1, c2 (stream) and c3: the same
+// rounds and uint32 -> float mapping, 16 lanes at a time (GCC's auto-vectorisation of the 64-bit
+// products is about 4x slower).
+inline __m512 philox_uniform16(uint64_t seed, uint32_t c1_word, uint32_t c2_word,
+                               uint32_t c3_word, __m512i c0) {
+  const __m512i round_a = _mm512_set1_epi32(static_cast<int32_t>(0xD2511F53u));
+  const __m512i round_b = _mm512_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
+  __m512i c1 = _mm512_set1_epi32(static_cast<int32_t>(c1_word));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int32_t>(c2_word));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int32_t>(c3_word));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m512i old_c0 = c0, old_c2 = c2;
+    c0 = _mm512_xor_si512(_mm512_xor_si512(mulhi_epu32(round_b, old_c2), c1),
+                          _mm512_set1_epi32(static_cast<int32_t>(k0)));
+    c2 = _mm512_xor_si512(_mm512_xor_si512(mulhi_epu32(round_a, old_c0), c3),
+                          _mm512_set1_epi32(static_cast<int32_t>(k1)));
+    c1 = _mm512_mullo_epi32(round_b, old_c2);
+    c3 = _mm512_mullo_epi32(round_a, old_c0);
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  // uint_to_uniform_float: fold the sign (x < 0 -> ~x), convert, scale.
+  const __m512i folded = _mm512_xor_si512(c0, _mm512_srai_epi32(c0, 31));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(folded), _mm512_set1_ps(4.6566127342e-10f));
+}
+#endif
+
+struct ProposalRandom {
+  uint64_t seed;
+  uint64_t offset;
+  uint32_t counter_base;  // c0 of vocab id 0
+
+  // u[c] = the PROPOSAL_TOKEN uniform of vocab id begin + lanes[c], for c < count.
+  void uniforms(int64_t begin, const int32_t* lanes, int64_t count, float* u) const {
+    const uint32_t base = counter_base + static_cast<uint32_t>(begin);
+    const auto c1 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
+    int64_t c = 0;
+#if defined(__AVX512F__)
+    for (; c + 16 <= count; c += 16) {
+      const __m512i c0 = _mm512_add_epi32(_mm512_loadu_si512(lanes + c),
+                                          _mm512_set1_epi32(static_cast<int32_t>(base)));
+      _mm512_storeu_ps(u + c, philox_uniform16(seed, c1, kStreamProposalToken, c3, c0));
+    }
+#endif
+    for (; c < count; ++c) {
+      u[c] = decodekit::philox_uniform(seed, offset, kStreamProposalToken,
+                                       base + static_cast<uint32_t>(lanes[c]));
+    }
+  }
+};
+
+// Writes to `lanes` the j in [0, n) with kept[j] and z_j >= min_zq, where z_j is x[j] * inv_t (or
+// x[j] / t when `exact`); returns how many. A real row has few candidates per block, so the
+// AVX-512 path tests 16 lanes per compare and compress-stores only the hits.
+int64_t collect_candidates(const float* x, const int32_t* kept, int64_t n, float t, float inv_t,
+                           bool exact, float min_zq, int32_t* lanes) {
+  int64_t count = 0, j = 0;
+#if defined(__AVX512F__)
+  if (!exact) {
+    const __m512 scale = _mm512_set1_ps(inv_t), bound = _mm512_set1_ps(min_zq);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; j + 16 <= n; j += 16) {
+      const __m512i in_k = _mm512_loadu_si512(kept + j);
+      const __mmask16 hits =
+          _mm512_cmp_ps_mask(_mm512_mul_ps(_mm512_loadu_ps(x + j), scale), bound, _CMP_GE_OQ) &
+          _mm512_test_epi32_mask(in_k, in_k);
+      if (hits == 0) continue;
+      _mm512_mask_compressstoreu_epi32(lanes + count, hits,
+                                       _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j))));
+      count += __builtin_popcount(hits);
+    }
+  }
+#endif
+  // Branch-free append: every lane is written, only candidates advance the end.
+  for (; j < n; ++j) {
+    const float zq = exact ? x[j] / t : x[j] * inv_t;
+    lanes[count] = static_cast<int32_t>(j);
+    count += kept[j] & static_cast<int32_t>(zq >= min_zq);
+  }
+  return count;
+}
+
+// Gumbel-max over the kept tokens of one block x [n] (vocab ids begin..begin + n), folded into
+// `draw`. Philox (~100 operations a token) dominates, so only tokens whose z can still reach the
+// best score so far draw a uniform: rounding is monotone, so a skipped token scores strictly
+// below. The test uses x * (1 / t), within 2^-23 relative of the true x / t, against a bound
+// widened by 1e-6 relative; candidates then score with the exact z = x / t of the reference.
+void draw_block(const float* x, const int32_t* kept, int64_t n, float kept_max, int64_t begin,
+                float t, const ProposalRandom& random, GumbelDraw& draw) {
+  const float min_z = min_competitive_z(draw.score);
+  if (kept_max / t < min_z) return;
+  const float min_zq = min_z - std::fabs(min_z) * 1e-6f;
+  const float inv_t = 1.0f / t;
+  // 1 / t is not a normal float for extreme t: fall back to the exact quotient.
+  const bool exact = !std::isnormal(inv_t);
+  alignas(64) int32_t lanes[kBlock];
+  alignas(64) float score[kBlock];
+  const int64_t count = collect_candidates(x, kept, n, t, inv_t, exact, min_zq, lanes);
+  random.uniforms(begin, lanes, count, score);
+  // z - log(-log(u)); u == 0 gives -inf.
+#pragma omp simd
+  for (int64_t c = 0; c < count; ++c) score[c] = x[lanes[c]] / t - fast_log(-fast_log(score[c]));
+  if (count == 0) return;
+  float block_best = -kInf;
+#pragma omp simd reduction(max : block_best)
+  for (int64_t c = 0; c < count; ++c) block_best = score[c] > block_best ? score[c] : block_best;
+  // Blocks come in index order, so a later block must be strictly better; inside the block the
+  // first candidate with the best score has the lowest index (all -inf: the first kept token).
+  if (draw.index < 0 || block_best > draw.score) {
+    int64_t c = 0;
+    while (score[c] != block_best) ++c;
+    draw = {block_best, begin + lanes[c]};
+  }
+}
+
 template <typename T>
 PositionResult propose_position(const T* row, const PositionParams& p,
                                 const Suppression& suppression) {
@@ -298,10 +430,10 @@ PositionResult propose_position(const T* row, const PositionParams& p,
   const bool greedy = p.greedy(), tempered_d = p.tempered_d();
   const bool need_stats = p.conf_mode != kRandom;
   const float t = p.temperature;
-  const uint32_t counter_base = p.counter_base();
+  const ProposalRandom random{p.seed, p.offset, p.counter_base()};
 
-  alignas(64) float x[kBlock], y[kBlock], z[kBlock], score[kBlock];
-  alignas(64) int32_t kept[kBlock], lanes[kBlock];
+  alignas(64) float x[kBlock], y[kBlock];
+  alignas(64) int32_t kept[kBlock];
   size_t suppress_cursor = 0;
 
   float x_max = -kInf;    // NaN ignored
@@ -337,20 +469,13 @@ PositionResult propose_position(const T* row, const PositionParams& p,
     if (greedy) block_kept_max = -kInf;  // greedy rows ignore the filter and draw nothing
     kept_max = std::max(kept_max, block_kept_max);
 
-    if (!greedy && block_kept_max > -kInf) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) z[j] = x[j] / t;
-    }
-
     if (need_stats) {
       const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
-      if (tempered_d) {
-        if (block_kept_max > -kInf) {
+      if (tempered_d && block_kept_max > -kInf) {
 #pragma omp simd
-          for (int64_t j = 0; j < n; ++j) y[j] = select(kept[j] != 0, z[j], -kInf);
-        } else {
-          std::fill(y, y + n, -kInf);
-        }
+        for (int64_t j = 0; j < n; ++j) y[j] = select(kept[j] != 0, x[j] / t, -kInf);
+      } else if (tempered_d) {
+        std::fill(y, y + n, -kInf);
       } else {
         std::copy(x, x + n, y);
       }
@@ -359,26 +484,7 @@ PositionResult propose_position(const T* row, const PositionParams& p,
     }
 
     if (!greedy && block_kept_max > -kInf) {
-      // Philox (~100 operations) dominates: only kept tokens that can reach the best score so
-      // far draw a uniform. Rounding is monotone, so a skipped token scores strictly below.
-      const float min_z = min_competitive_z(draw.score);
-      if (!(block_kept_max / t < min_z)) {
-        int64_t count = 0;
-        for (int64_t j = 0; j < n; ++j) {
-          lanes[count] = static_cast<int32_t>(j);
-          count += kept[j] & static_cast<int32_t>(z[j] >= min_z);
-        }
-#pragma omp simd
-        for (int64_t c = 0; c < count; ++c) {
-          const int64_t v = begin + lanes[c];
-          const float u = decodekit::philox_uniform(p.seed, p.offset, kStreamProposalToken,
-                                                    counter_base + static_cast<uint32_t>(v));
-          score[c] = z[lanes[c]] - fast_log(-fast_log(u));
-        }
-        for (int64_t c = 0; c < count; ++c) {
-          if (draw.index < 0 || score[c] > draw.score) draw = {score[c], begin + lanes[c]};
-        }
-      }
+      draw_block(x, kept, n, block_kept_max, begin, t, random, draw);
     }
   }
 
