@@ -22,4 +22,6 @@ python -m decodekit.cli info | tee "$OUT/info.txt"
 timeout 150 python -m pytest -m gpu -q -x --no-header -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_gpu.txt"
 
 timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>&1 | tail -60 | tee "$OUT/bench_sampling.txt"
+# denoise: GB/s of reading the bf16 logits vs the copy ceiling (issue 4 target: >= 70% at B=8, W=256)
+timeout 150 python -m decodekit.cli bench denoise --device cuda --out "$OUT" 2>&1 | tail -50 | tee "$OUT/bench_denoise.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"
