@@ -76,23 +76,25 @@ def _load_row_tile(row_ptr, start, V, suppress_ptr, num_suppress, BLOCK: tl.cons
 
 
 @triton.jit
-def _online_update(m, Z, S, t1, t2, y):
+def _online_update(m, Z, S, t1, t2, y, CONF: tl.constexpr):
     """Fold tile values ``y`` (-inf = absent) into per-lane softmax / entropy / top-2 state.
 
     Every difference is taken against a finite stand-in for the max, so absent entries never form
-    -inf - -inf or 0 * -inf (NaN) even in lanes that masks later discard.
+    -inf - -inf or 0 * -inf (NaN) even in lanes that masks later discard. Only the statistics the
+    confidence ``CONF`` reads are kept up to date (the rest cost ALU time on a memory-bound loop).
     """
     m_new = tl.maximum(m, y)
     finite = m_new > float("-inf")
     ms = tl.where(finite, m_new, 0.0)
     scale = tl.where(finite, tl.exp(m - ms), 1.0)
-    shift = Z * (tl.where(Z > 0.0, m, ms) - ms)
-    present = y > float("-inf")
     e = tl.exp(y - ms)  # 0 where absent
-    S = scale * (S + shift) + e * tl.where(present, y - ms, 0.0)
+    if CONF == NEG_ENTROPY:
+        shift = Z * (tl.where(Z > 0.0, m, ms) - ms)
+        S = scale * (S + shift) + e * tl.where(y > float("-inf"), y - ms, 0.0)
     Z = Z * scale + e
-    t2 = tl.maximum(tl.minimum(t1, y), t2)
-    t1 = tl.maximum(t1, y)
+    if CONF == MARGIN:
+        t2 = tl.maximum(tl.minimum(t1, y), t2)
+        t1 = tl.maximum(t1, y)
     return m_new, Z, S, t1, t2
 
 
@@ -112,7 +114,7 @@ def _merge_lanes(m, Z, S, t1, t2, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, BLOCK: tl.constexpr):
+def _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, CONF: tl.constexpr, BLOCK: tl.constexpr):
     """Greedy row: first argmax, flags and the untempered distribution's statistics."""
     lane_max = tl.full([BLOCK], float("-inf"), tl.float32)
     lane_first = tl.zeros([BLOCK], tl.int32)
@@ -128,7 +130,7 @@ def _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, BLOCK: tl.constexpr):
         lane_first = tl.where(newer, index, lane_first)
         lane_max = tl.where(newer, x, lane_max)
         bad += ((x != x) | (x == float("inf"))).to(tl.int32)
-        m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, x)
+        m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, x, CONF)
     x_max = tl.max(lane_max, axis=0)
     token = tl.min(tl.where(lane_max == x_max, lane_first, V), axis=0)
     invalid = (tl.sum(bad, axis=0) > 0) | (x_max == float("-inf"))
@@ -138,7 +140,7 @@ def _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, BLOCK: tl.constexpr):
 
 @triton.jit
 def _sampled_scan(row_ptr, V, suppress_ptr, num_suppress, temperature, floor, seed, offset, pos,
-                  TEMPERED: tl.constexpr, BLOCK: tl.constexpr):
+                  CONF: tl.constexpr, TEMPERED: tl.constexpr, BLOCK: tl.constexpr):
     """Sampled row: Gumbel-max draw over the kept set, flags and D's statistics."""
     lane_score = tl.full([BLOCK], float("-inf"), tl.float32)
     lane_index = tl.zeros([BLOCK], tl.int32) + V  # V: no kept token in this lane yet
@@ -159,9 +161,9 @@ def _sampled_scan(row_ptr, V, suppress_ptr, num_suppress, temperature, floor, se
         zk = tl.where(kept, z, float("-inf"))
         lane_zmax = tl.maximum(lane_zmax, zk)
         if TEMPERED:
-            m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, zk)
+            m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, zk, CONF)
         else:
-            m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, x)
+            m, Z, S, t1, t2 = _online_update(m, Z, S, t1, t2, x, CONF)
         tile_zmax = tl.max(zk, axis=0)
         if tile_zmax + MAX_GUMBEL_NOISE >= best:
             u = _philox_uniform(seed, offset, PROPOSAL_TOKEN, (base + index).to(tl.uint32))
@@ -197,14 +199,14 @@ def _propose_kernel(
         if HAS_FLOOR:
             floor = tl.load(floor_ptr + row)
         token, invalid, M, Z, S, T1, T2 = _sampled_scan(
-            row_ptr, V, suppress_ptr, num_suppress, temperature, floor, seed, offset, pos, TEMPERED, BLOCK
+            row_ptr, V, suppress_ptr, num_suppress, temperature, floor, seed, offset, pos, CONF, TEMPERED, BLOCK
         )
         x_token = tl.load(row_ptr + token, mask=token < V, other=0.0).to(tl.float32)
         y_token = x_token
         if TEMPERED:
             y_token = tl.div_rn(x_token, temperature)
     else:
-        token, invalid, y_token, M, Z, S, T1, T2 = _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, BLOCK)
+        token, invalid, y_token, M, Z, S, T1, T2 = _greedy_scan(row_ptr, V, suppress_ptr, num_suppress, CONF, BLOCK)
     if CONF == PROB:
         conf = tl.exp(y_token - M) / Z
     elif CONF == MARGIN:

@@ -63,6 +63,8 @@ PROPOSALS = {
 @pytest.mark.parametrize("confidence", CONFIDENCES)
 def test_propose_matches_reference(kernel_case, confidence, proposal, tempered):
     backend, device = kernel_case
+    if proposal == "greedy" and tempered and backend == "triton" and device.type == "cpu":
+        pytest.skip("interpreter time: greedy rows ignore the flag (checked on the other backends)")
     batch, width, vocab, length = _sizes(backend)
     logits, tokens, mask_id, window_start = _problem(batch, width, vocab, length, device, seed=1)
     got, want = _run_both(
