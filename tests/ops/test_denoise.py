@@ -448,11 +448,10 @@ def test_compiled_denoising_loop_fullgraph():
     def loop(logits, tokens, steps: int):
         for step in range(steps):
             ops.denoise_step(logits + step, tokens, mask_id=vocab - 1, proposal="sample", temperature=0.5,
-                             confidence="margin", select="threshold", tau=0.5, seed=3, offset=step, suppress_ids=[vocab - 1],
-                             backend="reference")
+                             confidence="margin", select="threshold", tau=0.5, seed=3, offset=step, suppress_ids=[vocab - 1])
         return tokens
 
-    compiled = torch.compile(loop, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(loop, fullgraph=True, backend="aot_eager")  # default backend: cpu when built
     want = loop(logits, torch.full((batch, width), vocab - 1), 3)
     got = compiled(logits, torch.full((batch, width), vocab - 1), 3)
     assert torch.equal(got, want)
