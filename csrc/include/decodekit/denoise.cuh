@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "decodekit/rng.cuh"
@@ -103,7 +104,7 @@ struct RowParams {
 };
 
 struct PassState {
-  int bad;           // NaN or +inf seen
+  int bad;           // NaN seen (+inf shows as x_max == +inf)
   float x_max;       // NaN ignored
   int argmax;        // first index of x_max
   float kept_max;    // largest kept x (sampled rows)
@@ -126,13 +127,19 @@ __device__ __forceinline__ float min_competitive_z(float bound) {
   return bound - kMaxGumbelNoise - (fabsf(bound) + kMaxGumbelNoise) * 4e-6f;
 }
 
-// One element x (suppression applied) of vocab id v, visited in ascending v per thread.
+// One element x (suppression applied) of vocab id v, visited in ascending v per thread; returns
+// whether it is a draw candidate.
 template <int kMode, bool kSampled, bool kTempered>
-__device__ __forceinline__ void visit(PassState& st, float& min_zq, const RowParams& p, float x, int v) {
-  st.bad |= (x != x) | (x == INFINITY);
-  if (x > st.x_max) {
-    st.x_max = x;
-    st.argmax = v;
+__device__ __forceinline__ bool visit(PassState& st, float& min_zq, const RowParams& p, float x, int v) {
+  // An untempered D is the softmax of x itself: its running max is x's, and the argmax rides on its
+  // rare new-max branch instead of a compare per element.
+  constexpr bool kMaxFromD = kMode != kRandom && !kTempered;
+  st.bad |= x != x;  // +inf shows up as x_max == +inf
+  if constexpr (!kMaxFromD) {
+    if (x > st.x_max) {
+      st.x_max = x;
+      st.argmax = v;
+    }
   }
   bool kept = false;
   if constexpr (kSampled) {
@@ -151,32 +158,43 @@ __device__ __forceinline__ void visit(PassState& st, float& min_zq, const RowPar
       }
       if constexpr (kMode == kMargin) st.top2 = st.m;
       st.m = y;
+      if constexpr (kMaxFromD) {
+        st.x_max = y;
+        st.argmax = v;
+      }
     } else if constexpr (kMode == kMargin) {
       st.top2 = fmaxf(st.top2, y);
     }
-    const float d = y - st.m;
-    const float e = y > -INFINITY ? __expf(d) : 0.f;
+    // y = -inf gives d = -inf, or NaN while m is -inf too; fmaxf turns both into -FLT_MAX, whose
+    // __expf is 0, so such terms add exactly 0 to Z and S (one instruction instead of a select).
+    const float d = fmaxf(y - st.m, -FLT_MAX);
+    const float e = __expf(d);
     st.z += e;
-    if constexpr (kMode == kNegEntropy) st.s += y > -INFINITY ? e * d : 0.f;
+    if constexpr (kMode == kNegEntropy) st.s += e * d;
   }
+  // A kept token whose z may still reach the best score is a draw candidate; the caller scores
+  // candidates warp-cooperatively (Philox is ~100 instructions: a divergent branch per element would
+  // cost every lane of the warp that much whenever any lane had a candidate).
   if constexpr (kSampled) {
     if (kept) {
       const float zq = p.exact_test ? __fdiv_rn(x, p.temperature) : x * p.inv_t;
-      if (zq >= min_zq) {
-        // The reference's exact z = x / T and u == 0 -> -inf noise.
-        const float z = __fdiv_rn(x, p.temperature);
-        const float u = philox_uniform(p.seed, p.offset, kStreamProposalToken, p.counter_base + static_cast<uint32_t>(v));
-        const float score = z - logf(-logf(u));
-        // Ascending v per thread: strict `>` keeps the lowest index; the first kept token is
-        // taken even at -inf (every kept uniform was 0).
-        if (st.best_index == kNoIndex || score > st.best_score) {
-          st.best_score = score;
-          st.best_index = v;
-          st.best_x = x;
-          min_zq = fmaxf(min_zq, min_competitive_z(score));
-        }
-      }
+      return zq >= min_zq;
     }
+  }
+  return false;
+}
+
+// Scores draw candidate v (logit x): the reference's exact z = x / T, u == 0 -> -inf noise. Highest
+// score wins, the lower index on ties; the first candidate is taken even at -inf (all uniforms 0).
+__device__ __forceinline__ void score_candidate(PassState& st, float& min_zq, const RowParams& p, float x, int v) {
+  const float z = __fdiv_rn(x, p.temperature);
+  const float u = philox_uniform(p.seed, p.offset, kStreamProposalToken, p.counter_base + static_cast<uint32_t>(v));
+  const float score = z - logf(-logf(u));
+  if (score > st.best_score || (score == st.best_score && v < st.best_index)) {
+    st.best_score = score;
+    st.best_index = v;
+    st.best_x = x;
+    min_zq = fmaxf(min_zq, min_competitive_z(score));
   }
 }
 
@@ -250,51 +268,118 @@ __device__ __forceinline__ uint32_t suppressed_lanes(int base, int count, const 
   return mask;
 }
 
+// Monotone uint32 image of a float (for atomicMax on scores) and its inverse.
+__device__ __forceinline__ unsigned float_to_ordered(float x) {
+  const unsigned bits = __float_as_uint(x);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+__device__ __forceinline__ float ordered_to_float(unsigned key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+struct Candidate {
+  int index;
+  float x;
+};
+
 // The pass over one row: every thread visits its elements in ascending index order (head elements
 // before the 16-byte aligned body, two body vectors per step for more loads in flight, then the
-// tail); after each step the warp shares its best score so every lane prunes with it.
+// tail). After each vector the warp packs its draw candidates into a shared queue and scores them
+// 32 at a time; after each step the CTA shares its best score (atomicMax) so every lane prunes with it.
+// The kernel's shared memory for the draw: one candidate queue of 32 * kVec entries per warp, and
+// float_to_ordered of the best score any warp has published.
+struct DrawSmem {
+  Candidate* queues;
+  unsigned* cta_best;
+};
+
 template <typename T, int kMode, bool kSampled, bool kTempered>
 __device__ PassState row_pass(const T* row, int vocab, const RowParams& p, const int* shared_ids,
-                              const int64_t* ids, int num_ids) {
+                              const int64_t* ids, int num_ids, DrawSmem smem) {
   constexpr int kVec = 16 / sizeof(T);
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
+  Candidate* queue = smem.queues + (tid >> 5) * (32 * kVec);
+  unsigned& cta_best = *smem.cta_best;
+  if (tid == 0) cta_best = float_to_ordered(-INFINITY);
+  __syncthreads();
+
   PassState st = empty_state();
   float min_zq = -INFINITY;
-  auto visit_single = [&](int v) {
-    float x = Elem<T>::load(row + v);
-    if (num_ids > 0 && suppressed_lanes(v, 1, shared_ids, ids, num_ids) != 0u) x = -INFINITY;
-    visit<kMode, kSampled, kTempered>(st, min_zq, p, x, v);
-  };
-  auto visit_vector = [&](const uint4& packed, int base) {
-    const uint32_t suppressed = num_ids > 0 ? suppressed_lanes(base, kVec, shared_ids, ids, num_ids) : 0u;
+
+  // Warp-uniform: `emit(queue, offset)` writes this lane's `count` candidates from `offset` on.
+  auto score_queued = [&](int count, auto&& emit) {
+    if constexpr (kSampled) {
+      int end = count;  // inclusive prefix sum over the warp
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float x = (suppressed >> j) & 1u ? -INFINITY : lane_value<T>(packed, j);
-      visit<kMode, kSampled, kTempered>(st, min_zq, p, x, base + j);
+      for (int d = 1; d < 32; d <<= 1) {
+        const int lower = __shfl_up_sync(kFullMask, end, d);
+        if (lane >= d) end += lower;
+      }
+      const int total = __shfl_sync(kFullMask, end, 31);
+      if (total == 0) return;
+      emit(queue, end - count);
+      __syncwarp();
+      for (int e = lane; e < total; e += 32) score_candidate(st, min_zq, p, queue[e].x, queue[e].index);
+      __syncwarp();  // the queue is rewritten by the next call
     }
+  };
+  auto visit_single = [&](int v, bool active) {
+    float x = 0.f;
+    bool candidate = false;
+    if (active) {
+      x = Elem<T>::load(row + v);
+      if (num_ids > 0 && suppressed_lanes(v, 1, shared_ids, ids, num_ids) != 0u) x = -INFINITY;
+      candidate = visit<kMode, kSampled, kTempered>(st, min_zq, p, x, v);
+    }
+    score_queued(candidate ? 1 : 0, [&](Candidate* q, int offset) {
+      if (candidate) q[offset] = {v, x};
+    });
+  };
+  auto visit_vector = [&](const uint4& packed, int base, bool active) {
+    uint32_t candidates = 0u;
+    if (active) {
+      const uint32_t suppressed = num_ids > 0 ? suppressed_lanes(base, kVec, shared_ids, ids, num_ids) : 0u;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const float x = (suppressed >> j) & 1u ? -INFINITY : lane_value<T>(packed, j);
+        candidates |= visit<kMode, kSampled, kTempered>(st, min_zq, p, x, base + j) ? (1u << j) : 0u;
+      }
+    }
+    // A candidate is kept, so never suppressed: its logit is the packed value.
+    score_queued(__popc(candidates), [&](Candidate* q, int offset) {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        if ((candidates >> j) & 1u) q[offset++] = {base + j, lane_value<T>(packed, j)};
+      }
+    });
   };
 
   const int misaligned = static_cast<int>((reinterpret_cast<uintptr_t>(row) & 15u) / sizeof(T));
   const int head = min(vocab, misaligned == 0 ? 0 : kVec - misaligned);
-  if (tid < head) visit_single(tid);
+  visit_single(tid, tid < head);
 
   const uint4* body = reinterpret_cast<const uint4*>(row + head);
   const int num_vecs = (vocab - head) / kVec;
+  // Every lane runs the same number of steps, so the warp collectives inside see the whole warp.
   for (int first = 0; first < num_vecs; first += 2 * kProposeThreads) {
     const int v0 = first + tid, v1 = v0 + kProposeThreads;
     const bool has0 = v0 < num_vecs, has1 = v1 < num_vecs;
     const uint4 a = has0 ? __ldcs(body + v0) : make_uint4(0u, 0u, 0u, 0u);
     const uint4 b = has1 ? __ldcs(body + v1) : make_uint4(0u, 0u, 0u, 0u);
-    if (has0) visit_vector(a, head + v0 * kVec);
-    if (has1) visit_vector(b, head + v1 * kVec);
+    visit_vector(a, head + v0 * kVec, has0);
+    visit_vector(b, head + v1 * kVec, has1);
     if constexpr (kSampled) {
-      // Every lane runs the same number of steps, so the whole warp is here.
-      min_zq = fmaxf(min_zq, min_competitive_z(warp_max(st.best_score)));
+      // Any published score is some token's real score, so it bounds the winner from below; a stale
+      // read only prunes less.
+      const float warp_best = warp_max(st.best_score);
+      if (lane == 0 && warp_best > -INFINITY) atomicMax(&cta_best, float_to_ordered(warp_best));
+      const float bound = ordered_to_float(*static_cast<volatile unsigned*>(&cta_best));
+      min_zq = fmaxf(min_zq, min_competitive_z(bound));
     }
   }
 
   const int tail = head + num_vecs * kVec;
-  if (tid < vocab - tail) visit_single(tail + tid);
+  visit_single(tail + tid, tid < vocab - tail);
   return block_combine(st);
 }
 
@@ -305,7 +390,7 @@ template <typename T, int kMode, bool kSampled, bool kTempered>
 __device__ __forceinline__ void finish_position(const PassState& st, const T* row, int vocab, const RowParams& p,
                                                 const int* shared_ids, const int64_t* ids, int num_ids,
                                                 int64_t position, int64_t* proposal_out, float* confidence_out) {
-  const bool invalid = st.bad != 0 || st.x_max == -INFINITY ||
+  const bool invalid = st.bad != 0 || st.x_max == INFINITY || st.x_max == -INFINITY ||
                        (kSampled && __fdiv_rn(st.kept_max, p.temperature) == INFINITY);
   if (invalid) {
     *proposal_out = -1;
@@ -341,9 +426,9 @@ __device__ __forceinline__ void finish_position(const PassState& st, const T* ro
 
 template <typename T, int kMode, bool kSampled, bool kTempered>
 __device__ __forceinline__ void propose_position(const T* row, int vocab, const RowParams& p, const int* shared_ids,
-                                                 const int64_t* ids, int num_ids, int64_t position,
+                                                 const int64_t* ids, int num_ids, DrawSmem smem, int64_t position,
                                                  int64_t* proposal_out, float* confidence_out) {
-  const PassState st = row_pass<T, kMode, kSampled, kTempered>(row, vocab, p, shared_ids, ids, num_ids);
+  const PassState st = row_pass<T, kMode, kSampled, kTempered>(row, vocab, p, shared_ids, ids, num_ids, smem);
   if (threadIdx.x == 0) {
     finish_position<T, kMode, kSampled, kTempered>(st, row, vocab, p, shared_ids, ids, num_ids, position,
                                                    proposal_out, confidence_out);
@@ -358,6 +443,9 @@ __global__ void __launch_bounds__(kProposeThreads)
                            const int64_t* suppress_ids, int num_suppress, const int64_t* seed, const int64_t* offset,
                            const int64_t* window_start, bool tempered, int64_t* proposal_out, float* confidence_out) {
   __shared__ int shared_ids[kSharedSuppress];
+  __shared__ Candidate queues[kProposeWarps * 32 * (16 / sizeof(T))];
+  __shared__ unsigned cta_best;
+  const DrawSmem smem{queues, &cta_best};
   const int64_t i = blockIdx.x;  // b * W + j
   const int b = static_cast<int>(i / width);
   const int j = static_cast<int>(i - static_cast<int64_t>(b) * width);
@@ -382,13 +470,13 @@ __global__ void __launch_bounds__(kProposeThreads)
   float* conf = confidence_out + i;
   // The branch is uniform over the CTA (one row's temperature).
   if (t == 0.f) {
-    propose_position<T, kMode, false, false>(row, vocab, p, shared_ids, suppress_ids, num_suppress, position, prop,
+    propose_position<T, kMode, false, false>(row, vocab, p, shared_ids, suppress_ids, num_suppress, smem, position, prop,
                                              conf);
   } else if (tempered) {
-    propose_position<T, kMode, true, true>(row, vocab, p, shared_ids, suppress_ids, num_suppress, position, prop,
+    propose_position<T, kMode, true, true>(row, vocab, p, shared_ids, suppress_ids, num_suppress, smem, position, prop,
                                            conf);
   } else {
-    propose_position<T, kMode, true, false>(row, vocab, p, shared_ids, suppress_ids, num_suppress, position, prop,
+    propose_position<T, kMode, true, false>(row, vocab, p, shared_ids, suppress_ids, num_suppress, smem, position, prop,
                                             conf);
   }
 }
