@@ -11,6 +11,12 @@
 //     the best score so far (the noise -log(-log u) is at most kMaxGumbelNoise).
 // No [W, V] probabilities are ever formed. denoise_select is one task per canvas row: gather the
 // eligible window positions, sort them by (group, confidence descending, position), apply the rule.
+// GCC 12 reports -Wmaybe-uninitialized inside avx512fintrin.h (its _mm512_undefined_* helpers,
+// GCC bug 105593) wherever the AVX-512 intrinsics below are inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include "denoise.h"
 
 #include <algorithm>
@@ -30,6 +36,13 @@
 #include <c10/util/Half.h>
 
 #include <decodekit/rng.cuh>
+
+// With AVX-512 available, let GCC use 512-bit vectors here (its default for these targets is 256):
+// the exp / log polynomials and the conversions are throughput-bound, measured 1.6x faster on the
+// greedy path of this machine (0.92 -> 0.58 ns per logit and thread).
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
 
 namespace decodekit::cpu {
 namespace {

@@ -9,7 +9,8 @@
 //     S = sum exp(y - m)(y - m), and the second largest y (a new max m' rescales Z' = Z e^{m-m'},
 //     S' = e^{m-m'}(S + Z(m - m'))),
 //   - the Gumbel-max draw: Philox only for kept tokens whose z = x/T can still reach the best score
-//     seen in the warp (the noise -log(-log u) is at most kMaxGumbelNoise),
+//     published in the CTA (the noise -log(-log u) is at most kMaxGumbelNoise), scored 32 at a time
+//     from a per-warp queue so the ~100-instruction Philox never runs in a divergent branch,
 // and the CTA merges the per-thread states. Nothing of size [W, V] is written.
 // select: one CTA per canvas row; eligible window positions are ranked inside their group by
 // (confidence descending, position ascending) with a shared-memory bitonic sort (W <= kSortCapacity)
@@ -282,16 +283,17 @@ struct Candidate {
   float x;
 };
 
-// The pass over one row: every thread visits its elements in ascending index order (head elements
-// before the 16-byte aligned body, two body vectors per step for more loads in flight, then the
-// tail). After each vector the warp packs its draw candidates into a shared queue and scores them
-// 32 at a time; after each step the CTA shares its best score (atomicMax) so every lane prunes with it.
 // The kernel's shared memory for the draw: one candidate queue of 32 * kVec entries per warp, and
 // float_to_ordered of the best score any warp has published.
 struct DrawSmem {
   Candidate* queues;
   unsigned* cta_best;
 };
+
+// The pass over one row: every thread visits its elements in ascending index order (head elements
+// before the 16-byte aligned body, two body vectors per step for more loads in flight, then the
+// tail). After each vector the warp packs its draw candidates into a shared queue and scores them
+// 32 at a time; after each step the CTA shares its best score (atomicMax) so every lane prunes with it.
 
 template <typename T, int kMode, bool kSampled, bool kTempered>
 __device__ PassState row_pass(const T* row, int vocab, const RowParams& p, const int* shared_ids,
