@@ -252,7 +252,8 @@ def select(
     eligible, pos, group = eligible_positions(
         tokens, proposal, window_start, block_start, block_end, mask_id, span_ids, num_spans
     )
-    rank, _ = group_ranks(confidence, eligible, group)
+    if select_mode != SelectMode.BERNOULLI:  # ranks are a [B, W, W] table: only when the rule reads them
+        rank, _ = group_ranks(confidence, eligible, group)
     if select_mode == SelectMode.TOPK:
         row_k = k.to(torch.int64).gather(1, group.clamp(0, num_spans - 1))
         commit = rank < row_k

@@ -19,7 +19,7 @@ SELECTS = ["topk", "threshold", "factor", "bernoulli"]
 
 def _sizes(backend):
     """(B, W, V, L): tiny for the Triton interpreter, V > one vocabulary tile elsewhere."""
-    return (2, 6, 40, 10) if backend == "triton" else (3, 24, 700, 40)
+    return (2, 6, 40, 10) if backend == "triton" else (3, 16, 300, 30)
 
 
 def _problem(batch, width, vocab, length, device, dtype=torch.float32, seed=0, scale=3.0):
@@ -171,7 +171,7 @@ def test_long_vocabulary_and_window(kernel_case):
     if backend == "triton" and device.type == "cpu":
         batch, width, vocab = 1, 3, 1500
     else:
-        batch, width, vocab = 2, 64, 5000
+        batch, width, vocab = 2, 16, 5000
     logits, tokens, mask_id, _ = _problem(batch, width, vocab, width, device, seed=6)
     for confidence in ("prob", "neg_entropy"):
         got, want = _run_both(backend, device, logits, tokens, mask_id=mask_id, confidence=confidence,
@@ -327,7 +327,9 @@ def test_sampled_proposals_follow_the_tempered_distribution(backend_case, params
     """Every canvas position draws with its own counters: one row of identical logits at N positions
     gives N independent draws from softmax(x / T) (restricted to top-k)."""
     backend, device = backend_case
-    positions = 400 if backend == "triton" else 20000
+    if backend == "triton" and device.type == "cpu" and params != dict(temperature=0.5):
+        pytest.skip("interpreter time: one case here; exact equality with the reference covers the rest")
+    positions = {"triton": 400, "reference": 6000}.get(backend, 20000)
     probs = torch.tensor([0.22, 0.18, 0.14, 0.11, 0.09, 0.07, 0.06, 0.05, 0.03, 0.025, 0.015, 0.01])
     q = torch.softmax(probs.log() / params["temperature"], -1)
     if params.get("top_k"):
@@ -335,7 +337,8 @@ def test_sampled_proposals_follow_the_tempered_distribution(backend_case, params
         q /= q.sum()
     logits = probs.log().expand(1, positions, 12).contiguous().to(device)
     tokens = torch.full((1, positions), 11, device=device)
-    out = ops.denoise_step(logits, tokens, mask_id=11, proposal="sample", seed=2024, k=0, backend=backend, **params)
+    out = ops.denoise_step(logits, tokens, mask_id=11, proposal="sample", seed=2024, select="bernoulli", p_transfer=0.0,
+                           backend=backend, **params)
     counts = torch.bincount(out.proposal.cpu().reshape(-1), minlength=12).double()
     assert counts[q == 0].sum() == 0
     stat, dof = _chi_square(counts, q.double())
