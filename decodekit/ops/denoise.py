@@ -21,6 +21,7 @@ with device torch ops on every backend (no loop over rows, no host sync).
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple
 
@@ -168,9 +169,18 @@ def _suppress_ids(value, vocab: int, device: torch.device) -> torch.Tensor:
             if int(value.min()) < 0 or int(value.max()) >= vocab:
                 raise ValueError(f"suppress_ids must be token ids in [0, {vocab})")
         return value.to(torch.int64).contiguous()
-    ids = list(value)
+    ids = tuple(value)
     for i in ids:
         _check_int("suppress_ids entry", i, 0, vocab)
+    if torch.compiler.is_compiling():
+        return torch.tensor(ids, dtype=torch.int64, device=device)
+    return _constant_ids(ids, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_ids(ids: tuple, device: torch.device) -> torch.Tensor:
+    """Decode loops pass the same id list every step; building it each call would copy host to
+    device (and wait for the copy) on the hot path. Kernels only read it, so sharing is safe."""
     return torch.tensor(ids, dtype=torch.int64, device=device)
 
 
