@@ -24,4 +24,6 @@ timeout 150 python -m pytest -m gpu -q -x --no-header -p no:cacheprovider tests 
 timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>&1 | tail -60 | tee "$OUT/bench_sampling.txt"
 # paged attention decode (B=32 ctx 4096, B=1 ctx 32768, fp16): target >= 80% of the copy bandwidth at B=32
 timeout 120 python -m decodekit.cli bench paged_kv --device cuda --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_paged_kv.txt"
+# denoise: GB/s of reading the bf16 logits vs the copy ceiling (issue 4 target: >= 70% at B=8, W=256)
+timeout 150 python -m decodekit.cli bench denoise --device cuda --out "$OUT" 2>&1 | tail -50 | tee "$OUT/bench_denoise.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"

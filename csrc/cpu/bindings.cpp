@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "paged_kv.h"
+#include "denoise.h"
 #include "sampling.h"
 
 namespace py = pybind11;
@@ -34,4 +35,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_lens"),
         py::arg("cu_seqlens_q"), py::arg("mask_mode"), py::arg("scale"), py::arg("custom_mask"),
         py::arg("mask_indptr"), py::arg("out"));
+  m.def("denoise_propose", &decodekit::cpu::denoise_propose, release_gil, py::arg("logits"),
+        py::arg("temperature"), py::arg("keep_floor"), py::arg("suppress_ids"), py::arg("seed"),
+        py::arg("offset"), py::arg("window_start"), py::arg("conf_mode"), py::arg("tempered"),
+        py::arg("proposal_out"), py::arg("confidence_out"));
+  m.def("denoise_select", &decodekit::cpu::denoise_select, release_gil, py::arg("tokens"),
+        py::arg("proposal"), py::arg("confidence"), py::arg("window_start"),
+        py::arg("block_start"), py::arg("block_end"), py::arg("mask_id"), py::arg("select_mode"),
+        py::arg("k"), py::arg("tau"), py::arg("factor"), py::arg("p_transfer"),
+        py::arg("span_ids"), py::arg("seed"), py::arg("offset"), py::arg("committed_out"),
+        py::arg("num_committed_out"));
 }

@@ -8,12 +8,14 @@
 #include <cstdint>
 #include <limits>
 
+#include "denoise_launch.h"
 #include "paged_kv_launch.h"
 #include "sampling_launch.h"
 
 namespace {
 
 namespace dks = decodekit::sampling;
+namespace dkd = decodekit::denoise;
 
 void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "decodekit._cuda.", op, ": kernel launch failed: ", cudaGetErrorString(status));
@@ -265,6 +267,97 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                "paged_attention");
 }
 
+// ------------------------------------------------------------------------------------------------
+// denoise
+
+// A per-row [B] tensor on like's device.
+void check_vector(const at::Tensor& t, const char* name, const at::Tensor& like, at::ScalarType dtype,
+                  int64_t batch) {
+  check_like(t, name, like, dtype, {batch});
+}
+
+void denoise_propose(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& keep_floor,
+                     const at::Tensor& suppress_ids, const at::Tensor& seed, const at::Tensor& offset,
+                     const at::Tensor& window_start, int64_t conf_mode, int64_t tempered,
+                     const at::Tensor& proposal_out, const at::Tensor& confidence_out) {
+  TORCH_CHECK(logits.is_cuda(), "logits must be a CUDA tensor, got device ", logits.device());
+  TORCH_CHECK(logits.dim() == 3, "logits must be 3-D [B, W, V], got shape ", logits.sizes());
+  TORCH_CHECK(logits.is_contiguous(), "logits must be contiguous");
+  const at::ScalarType type = logits.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16,
+              "logits must be float32, float16 or bfloat16, got ", type);
+  const int64_t batch = logits.size(0), width = logits.size(1), vocab = logits.size(2);
+  TORCH_CHECK(batch * width <= std::numeric_limits<int32_t>::max() && vocab <= dkd::kMaxVocab,
+              "logits is too large: at most 2^31 - 1 positions (B * W) and 2^30 vocabulary entries, got shape ",
+              logits.sizes());
+  TORCH_CHECK(conf_mode >= 0 && conf_mode <= 3, "conf_mode must be 0..3, got ", conf_mode);
+  check_vector(temperature, "temperature", logits, at::kFloat, batch);
+  if (keep_floor.numel() > 0) check_like(keep_floor, "keep_floor", logits, at::kFloat, {batch, width});
+  if (suppress_ids.numel() > 0) check_like(suppress_ids, "suppress_ids", logits, at::kLong, {suppress_ids.numel()});
+  check_vector(seed, "seed", logits, at::kLong, batch);
+  check_vector(offset, "offset", logits, at::kLong, batch);
+  check_vector(window_start, "window_start", logits, at::kLong, batch);
+  check_like(proposal_out, "proposal_out", logits, at::kLong, {batch, width});
+  check_like(confidence_out, "confidence_out", logits, at::kFloat, {batch, width});
+  const dkd::DType dtype = type == at::kFloat  ? dkd::DType::kFloat32
+                           : type == at::kHalf ? dkd::DType::kFloat16
+                                               : dkd::DType::kBFloat16;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  check_launch(dkd::launch_denoise_propose(
+                   logits.data_ptr(), dtype, batch, width, vocab, temperature.data_ptr<float>(),
+                   keep_floor.numel() > 0 ? keep_floor.data_ptr<float>() : nullptr,
+                   suppress_ids.numel() > 0 ? suppress_ids.data_ptr<int64_t>() : nullptr, suppress_ids.numel(),
+                   seed.data_ptr<int64_t>(), offset.data_ptr<int64_t>(), window_start.data_ptr<int64_t>(), conf_mode,
+                   tempered != 0, proposal_out.data_ptr<int64_t>(), confidence_out.data_ptr<float>(),
+                   at::cuda::getCurrentCUDAStream()),
+               "denoise_propose");
+}
+
+void denoise_select(const at::Tensor& tokens, const at::Tensor& proposal, const at::Tensor& confidence,
+                    const at::Tensor& window_start, const at::Tensor& block_start, const at::Tensor& block_end,
+                    int64_t mask_id, int64_t select_mode, const at::Tensor& k, const at::Tensor& tau,
+                    const at::Tensor& factor, const at::Tensor& p_transfer, const at::Tensor& span_ids,
+                    const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& committed_out,
+                    const at::Tensor& num_committed_out) {
+  TORCH_CHECK(tokens.is_cuda(), "tokens must be a CUDA tensor, got device ", tokens.device());
+  TORCH_CHECK(tokens.dim() == 2, "tokens must be 2-D [B, L], got shape ", tokens.sizes());
+  check_like(tokens, "tokens", tokens, at::kLong, tokens.sizes());
+  const int64_t batch = tokens.size(0), length = tokens.size(1);
+  TORCH_CHECK(proposal.dim() == 2 && proposal.size(0) == batch, "proposal must have shape [B, W] with B = ", batch,
+              ", got ", proposal.sizes());
+  const int64_t width = proposal.size(1);
+  TORCH_CHECK(width <= dkd::kMaxWidth, "the CUDA denoise_select handles windows of at most ", dkd::kMaxWidth,
+              " positions, got W = ", width);
+  TORCH_CHECK(select_mode >= 0 && select_mode <= 3, "select_mode must be 0..3, got ", select_mode);
+  check_like(proposal, "proposal", tokens, at::kLong, {batch, width});
+  check_like(confidence, "confidence", tokens, at::kFloat, {batch, width});
+  check_vector(window_start, "window_start", tokens, at::kLong, batch);
+  check_vector(block_start, "block_start", tokens, at::kLong, batch);
+  check_vector(block_end, "block_end", tokens, at::kLong, batch);
+  TORCH_CHECK(k.dim() == 2 && k.size(0) == batch && k.size(1) >= 1 &&
+                  k.size(1) <= std::numeric_limits<int32_t>::max(),
+              "k must have shape [B, S] with B = ", batch, " and S >= 1, got ", k.sizes());
+  check_like(k, "k", tokens, at::kInt, k.sizes());
+  check_vector(tau, "tau", tokens, at::kFloat, batch);
+  check_vector(factor, "factor", tokens, at::kFloat, batch);
+  check_vector(p_transfer, "p_transfer", tokens, at::kFloat, batch);
+  if (span_ids.numel() > 0) check_like(span_ids, "span_ids", tokens, at::kInt, {batch, length});
+  check_vector(seed, "seed", tokens, at::kLong, batch);
+  check_vector(offset, "offset", tokens, at::kLong, batch);
+  check_like(committed_out, "committed_out", tokens, at::kBool, {batch, length});
+  check_vector(num_committed_out, "num_committed_out", tokens, at::kInt, batch);
+  const c10::cuda::CUDAGuard guard(tokens.device());
+  check_launch(dkd::launch_denoise_select(
+                   tokens.data_ptr<int64_t>(), batch, length, proposal.data_ptr<int64_t>(),
+                   confidence.data_ptr<float>(), width, window_start.data_ptr<int64_t>(),
+                   block_start.data_ptr<int64_t>(), block_end.data_ptr<int64_t>(), mask_id, select_mode,
+                   k.data_ptr<int32_t>(), k.size(1), tau.data_ptr<float>(), factor.data_ptr<float>(),
+                   p_transfer.data_ptr<float>(), span_ids.numel() > 0 ? span_ids.data_ptr<int32_t>() : nullptr,
+                   seed.data_ptr<int64_t>(), offset.data_ptr<int64_t>(), committed_out.data_ptr<bool>(),
+                   num_committed_out.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream()),
+               "denoise_select");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -301,4 +394,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_lens"),
         py::arg("cu_seqlens_q"), py::arg("mask_mode"), py::arg("scale"), py::arg("custom_mask"),
         py::arg("mask_indptr"), py::arg("out"));
+  m.def("denoise_propose", &denoise_propose,
+        "Proposal i64[B, W] and confidence f32[B, W] of logits [B, W, V] (f32/f16/bf16) into proposal_out, "
+        "confidence_out; temperature f32[B], keep_floor f32[B, W] or empty, suppress_ids i64[S], seed, offset, "
+        "window_start i64[B], conf_mode 0..3, tempered 0/1.",
+        py::arg("logits"), py::arg("temperature"), py::arg("keep_floor"), py::arg("suppress_ids"), py::arg("seed"),
+        py::arg("offset"), py::arg("window_start"), py::arg("conf_mode"), py::arg("tempered"),
+        py::arg("proposal_out"), py::arg("confidence_out"));
+  m.def("denoise_select", &denoise_select,
+        "Commit eligible masked window positions of tokens i64[B, L] (in place) by select_mode 0..3; writes "
+        "committed_out bool[B, L] and num_committed_out i32[B].",
+        py::arg("tokens"), py::arg("proposal"), py::arg("confidence"), py::arg("window_start"),
+        py::arg("block_start"), py::arg("block_end"), py::arg("mask_id"), py::arg("select_mode"), py::arg("k"),
+        py::arg("tau"), py::arg("factor"), py::arg("p_transfer"), py::arg("span_ids"), py::arg("seed"),
+        py::arg("offset"), py::arg("committed_out"), py::arg("num_committed_out"));
 }

@@ -1,19 +1,25 @@
 """decodekit's public functional API: validation, backend dispatch, torch.library registration."""
 
+from decodekit.ops.denoise import DenoiseOutput, RemaskOutput, denoise_step, remask_lowest, transfer_schedule
 from decodekit.ops.paged_kv import kv_append, kv_copy_blocks, pack_custom_mask, paged_attention
 from decodekit.ops.rng import Stream, philox_uniform
 from decodekit.ops.sampling import SampleOutput, apply_penalties, mask_logits, sample, top_k_top_p_renorm
 
 __all__ = [
+    "DenoiseOutput",
+    "RemaskOutput",
     "SampleOutput",
     "Stream",
     "apply_penalties",
+    "denoise_step",
     "kv_append",
     "kv_copy_blocks",
     "mask_logits",
     "pack_custom_mask",
     "paged_attention",
     "philox_uniform",
+    "remask_lowest",
     "sample",
     "top_k_top_p_renorm",
+    "transfer_schedule",
 ]

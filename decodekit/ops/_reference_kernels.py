@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.reference import paged_kv, rng, sampling
+from decodekit.reference import denoise, paged_kv, rng, sampling
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed, offset, tokens_out, logprobs_out, valid_out):
@@ -56,3 +56,51 @@ def paged_attention(
     paged_kv.paged_attention(
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, mask_mode, scale, custom_mask, mask_indptr, out=out
     )
+
+
+# ----------------------------------------------------------------------------- denoise
+
+
+def denoise_propose(
+    logits, temperature, keep_floor, suppress_ids, seed, offset, window_start, conf_mode, tempered,
+    proposal_out, confidence_out,
+):
+    proposal, confidence = denoise.propose(
+        logits,
+        temperature,
+        keep_floor if keep_floor.numel() else None,
+        suppress_ids if suppress_ids.numel() else None,
+        seed,
+        offset,
+        window_start,
+        int(conf_mode),
+        bool(tempered),
+    )
+    proposal_out.copy_(proposal)
+    confidence_out.copy_(confidence)
+
+
+def denoise_select(
+    tokens, proposal, confidence, window_start, block_start, block_end, mask_id, select_mode, k, tau, factor,
+    p_transfer, span_ids, seed, offset, committed_out, num_committed_out,
+):
+    new_tokens, committed, num_committed = denoise.select(
+        tokens,
+        proposal,
+        confidence,
+        window_start,
+        block_start,
+        block_end,
+        int(mask_id),
+        int(select_mode),
+        k,
+        tau,
+        factor,
+        p_transfer,
+        span_ids if span_ids.numel() else None,
+        seed,
+        offset,
+    )
+    tokens.copy_(new_tokens)
+    committed_out.copy_(committed)
+    num_committed_out.copy_(num_committed)
