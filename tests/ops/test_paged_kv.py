@@ -185,6 +185,44 @@ def test_attention_shapes_match_reference(kernel_case, block_size, head_dim, num
     torch.testing.assert_close(got.cpu(), reference_attention(batch, "causal", scale=0.05), **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("kind", ["causal", "tree"])
+def test_attention_rows_do_not_depend_on_the_rest_of_the_batch(kernel_case, kind):
+    """Batch invariance (DESIGN.md): a request's output is bitwise the same alone and in a batch.
+
+    The long request's context splits its keys on every backend (cpu: > 512 keys; triton
+    interpreter: > 64 keys at these shapes), so the test fails if a split boundary, the merge order or the query
+    tiling follows the batch's size or composition rather than the request's own lengths.
+    """
+    backend, device = kernel_case
+    interpreted = backend == "triton" and device.type == "cpu"
+    long_kv = 150 if interpreted else 5000  # the Triton interpreter is slow: fewer keys there
+    target = (1, long_kv) if kind == "causal" else (4, long_kv)
+    # (20, 40): a prefill longer than the triton backend's split limit (16 queries) runs unsplit
+    others = [(1, 40), (3, 17), (20, 40), (1, long_kv // 3), (2, 9)]
+    head_dim = 16 if interpreted else 64
+    shapes = dict(num_q_heads=4, num_kv_heads=1, head_dim=head_dim)
+    for position, batch_requests in enumerate([others[:1] + [target], [target] + others, others[:4] + [target]]):
+        batch = make_batch(batch_requests, device=device, seed=14, **shapes)
+        index = batch_requests.index(target)
+        cu = batch["cu_seqlens_q"].tolist()
+        rows = slice(cu[index], cu[index + 1])
+        # the same request alone: its q rows, its block-table row, the same caches
+        alone = dict(batch, q=batch["q"][rows].contiguous(), block_table=batch["block_table"][index:index + 1],
+                     seq_lens=batch["seq_lens"][index:index + 1],
+                     cu_seqlens_q=torch.tensor([0, target[0]], dtype=torch.int32, device=device))
+        masks = None
+        mode = "causal"
+        if kind == "tree":
+            mode = "custom"
+            gen = torch.Generator().manual_seed(14)
+            masks = [m.to(device) for m in custom_masks("tree", [q for q, _ in batch_requests], gen)]
+        got_batch = ops.paged_attention(**batch, mask=mode, custom_mask=masks, backend=backend)
+        got_alone = ops.paged_attention(**alone, mask=mode, custom_mask=None if masks is None else [masks[index]],
+                                        backend=backend)
+        assert torch.equal(got_batch[rows], got_alone), f"request at position {position} differs in its batch"
+        torch.testing.assert_close(got_batch.cpu(), reference_attention(batch, mode, masks), **TOLERANCES[torch.float32])
+
+
 def test_attention_guards_match_reference(kernel_case):
     """With validate=False, bad values must follow the contract's guards, never read out of bounds."""
     backend, device = kernel_case
