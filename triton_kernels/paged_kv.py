@@ -65,6 +65,7 @@ SPLIT_KEYS = 512
 # longer ones have enough query tiles of their own. Split partials live in b * SPLIT_MAX_Q + i
 # slots when that is smaller than indexing them by row.
 SPLIT_MAX_Q = 16
+_SPLIT_MAX_Q = tl.constexpr(SPLIT_MAX_Q)  # the same limit inside kernels (jit globals must be constexpr)
 # The interpreter has no SMs: split every key tile, so the tiny CPU test contexts take the split
 # path (tens of keys) and short requests the single pass.
 INTERPRETER_SPLIT_KEYS = 16
@@ -196,7 +197,7 @@ def _key_range(seq_lens_ptr, request, q_len, q_tile, max_blocks, BLOCK_SIZE: tl.
 def _split_slot(request, i, row, COMPACT: tl.constexpr):
     """Slot of a split request's query in the partial results (see SPLIT_MAX_Q)."""
     if COMPACT:
-        return request.to(tl.int64) * SPLIT_MAX_Q + i
+        return request.to(tl.int64) * _SPLIT_MAX_Q + i
     return row.to(tl.int64)
 
 
@@ -251,10 +252,10 @@ def _paged_attention_kernel(
     tile_begin = split * 0
     tile_end = num_tiles
     if SPLIT:
-        if q_len <= SPLIT_MAX_Q:
+        if q_len <= _SPLIT_MAX_Q:
             tile_begin = split * TILES_PER_SPLIT
             tile_end = tl.minimum(tile_begin + TILES_PER_SPLIT, num_tiles)
-        if (split > 0) & ((q_len > SPLIT_MAX_Q) | (tile_begin >= num_tiles)):
+        if (split > 0) & ((q_len > _SPLIT_MAX_Q) | (tile_begin >= num_tiles)):
             return  # no keys for this split; the merge reads only the splits that hold keys
 
     d = tl.arange(0, HEAD_DIM)
@@ -306,7 +307,7 @@ def _paged_attention_kernel(
     o = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows with no visible key: 0 / 1 = zeros
     out_ptrs = out_ptr + q_off[:, None] + d[None, :]
     if SPLIT:
-        if q_len <= SPLIT_MAX_Q:
+        if q_len <= _SPLIT_MAX_Q:
             stat = (split.to(tl.int64) * num_slots + _split_slot(request, i, row, COMPACT)) * NUM_Q_HEADS + head
             lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
             tl.store(lse_ptr + stat, lse, mask=row_ok)
@@ -344,7 +345,7 @@ def _merge_splits_kernel(
     request, q_len, q_tile, i, head_in_group, row, row_ok = _query_tile(
         cu_seqlens_q_ptr, num_requests, num_rows, GROUP, BLOCK_M, BLOCK_Q
     )
-    if (q_tile < 0) | (q_tile * BLOCK_Q >= q_len) | (q_len > SPLIT_MAX_Q):
+    if (q_tile < 0) | (q_tile * BLOCK_Q >= q_len) | (q_len > _SPLIT_MAX_Q):
         return  # not a split request: the attention kernel wrote its rows
     _, _, num_tiles = _key_range(seq_lens_ptr, request, q_len, q_tile, max_blocks, BLOCK_SIZE, MASK_MODE, BLOCK_Q,
                                  BLOCK_N)
