@@ -25,15 +25,18 @@ paged_attention, one program per (query tile, kv head, kv split):
   folded into ``scale * log2(e)``), fp32 statistics and accumulator.
 * Causal tiles stop at their last query's position; custom masks are gathered only for the keys
   of the request's own queries (the prefix is always visible).
-* Split-KV: when (query tiles x kv heads) cannot fill the GPU (decode with few requests or long
-  contexts) each request's key tiles are divided among ``num_splits`` programs that write fp32
-  partial outputs with their log-sum-exp; a second kernel merges them. The split count depends
-  on tensor shapes only.
+* Split-KV: a request with at most SPLIT_MAX_Q queries (decode, speculative verification) has
+  its keys cut at fixed multiples of ``SPLIT_KEYS`` keys; each split's program writes an fp32
+  partial output with its log-sum-exp and a second kernel merges the splits in split order.
+  Longer requests fill the GPU with their query tiles and are never split.
+* Batch invariance (DESIGN.md): the tiling depends on static shapes only (group, head_dim,
+  dtype, mask mode) and the split boundaries on the request's own q_len and kv_len, so a row's
+  arithmetic never depends on which other requests share the launch. A request whose keys fit
+  one split gets the same bits through the split path (one partial, weight 1) as without it.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -51,19 +54,21 @@ LOG2_E = math.log2(math.e)
 COPY_BLOCK = 4096
 # smallest query tile height that tl.dot accepts (the M dimension of an MMA)
 MIN_BLOCK_M = 16
-# query tile height once a batch carries more than decode-like q_len (prefill, verify, diffusion)
-PREFILL_BLOCK_M = 64
-# Split-KV sizing (not yet tuned on a GPU). A split of >= 256 keys reads >= 128 KiB of K/V per
-# program at D = 128 fp16, which keeps its fp32 partial result (D + 1 floats per query head) and
-# the merge kernel's reads below 1% of the traffic.
-MIN_KEYS_PER_SPLIT = 256
-MAX_SPLITS = 64
-# Decode at fp16 D = 128 fits 3 programs per SM by registers (ptxas: 148 x 128 threads); aiming
-# at 8 programs per SM gives ~2.7 waves, so the last, partly filled wave costs little.
-PROGRAMS_PER_SM = 8
-# The interpreter has no SMs: this tiny device model makes the small CPU test batches take the
-# split path for some shapes (one or two kv heads, a few requests) and the single pass for others.
-INTERPRETER_PROGRAMS, INTERPRETER_MIN_KEYS_PER_SPLIT = 9, 16
+# Split-KV sizing (not yet tuned on a GPU). Keys per split are a constant, never a share of the
+# batch: a split count that followed the batch (programs vs SMs) would change the last bits of a
+# request's output with its neighbours. 512 keys read 256 KiB of K/V per program at D = 128 fp16,
+# so the fp32 partial result (D + 1 floats per query head) and its merge stay below 1% of the
+# traffic, and decode still fills an H100: B = 1 at context 32768 with 8 kv heads makes 512
+# programs (~4 per SM), B = 32 at context 4096 makes 2048.
+SPLIT_KEYS = 512
+# Requests with at most this many queries split their keys (decode, speculative verification);
+# longer ones have enough query tiles of their own. Split partials live in b * SPLIT_MAX_Q + i
+# slots when that is smaller than indexing them by row.
+SPLIT_MAX_Q = 16
+_SPLIT_MAX_Q = tl.constexpr(SPLIT_MAX_Q)  # the same limit inside kernels (jit globals must be constexpr)
+# The interpreter has no SMs: split every key tile, so the tiny CPU test contexts take the split
+# path (tens of keys) and short requests the single pass.
+INTERPRETER_SPLIT_KEYS = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +179,31 @@ def _query_tile(cu_seqlens_q_ptr, num_requests, num_rows, GROUP: tl.constexpr, B
     return request, q_len, q_tile, i, m % GROUP, row, row_ok
 
 
+@triton.jit
+def _key_range(seq_lens_ptr, request, q_len, q_tile, max_blocks, BLOCK_SIZE: tl.constexpr, MASK_MODE: tl.constexpr,
+               BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+    """prefix, the end of the keys any query of the tile may see, and their number of key tiles."""
+    kv_len = tl.load(seq_lens_ptr + request)
+    prefix = kv_len - q_len
+    kv_end = tl.minimum(kv_len, max_blocks * BLOCK_SIZE)
+    if MASK_MODE == CAUSAL:
+        # no query of this tile sees past the position of its last query
+        last_i = tl.minimum(q_tile * BLOCK_Q + BLOCK_Q, q_len) - 1
+        kv_end = tl.minimum(kv_end, prefix + last_i + 1)
+    return prefix, kv_end, tl.cdiv(tl.maximum(kv_end, 0), BLOCK_N)
+
+
+@triton.jit
+def _split_slot(request, i, row, COMPACT: tl.constexpr):
+    """Slot of a split request's query in the partial results (see SPLIT_MAX_Q)."""
+    if COMPACT:
+        return request.to(tl.int64) * _SPLIT_MAX_Q + i
+    return row.to(tl.int64)
+
+
 # per-batch integers change from step to step; Triton's default specialisation (== 1, divisible by
 # 16) would compile new variants in the middle of a generation for no gain
-@triton.jit(do_not_specialize=["num_requests", "num_rows", "mask_numel", "num_splits"])
+@triton.jit(do_not_specialize=["num_requests", "num_rows", "mask_numel", "num_slots"])
 def _paged_attention_kernel(
     q_ptr,
     k_cache_ptr,
@@ -187,13 +214,14 @@ def _paged_attention_kernel(
     custom_mask_ptr,
     mask_indptr_ptr,
     out_ptr,
+    partial_ptr,
     lse_ptr,
     num_requests,
     num_rows,
     num_blocks,
     max_blocks,
     mask_numel,
-    num_splits,
+    num_slots,
     scale_log2,
     NUM_Q_HEADS: tl.constexpr,
     NUM_KV_HEADS: tl.constexpr,
@@ -202,6 +230,8 @@ def _paged_attention_kernel(
     HEAD_DIM: tl.constexpr,
     MASK_MODE: tl.constexpr,
     SPLIT: tl.constexpr,
+    TILES_PER_SPLIT: tl.constexpr,
+    COMPACT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -215,17 +245,18 @@ def _paged_attention_kernel(
     if (q_tile < 0) | (q_tile * BLOCK_Q >= q_len):
         return  # a tile number past the request's queries (the grid is an upper bound)
 
-    kv_len = tl.load(seq_lens_ptr + request)
-    prefix = kv_len - q_len
-    kv_end = tl.minimum(kv_len, max_blocks * BLOCK_SIZE)
-    if MASK_MODE == CAUSAL:
-        # no query of this tile sees past the position of its last query
-        last_i = tl.minimum(q_tile * BLOCK_Q + BLOCK_Q, q_len) - 1
-        kv_end = tl.minimum(kv_end, prefix + last_i + 1)
-    num_tiles = tl.cdiv(tl.maximum(kv_end, 0), BLOCK_N)
-    tiles_per_split = tl.cdiv(num_tiles, num_splits)
-    tile_begin = split * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, num_tiles)
+    prefix, kv_end, num_tiles = _key_range(seq_lens_ptr, request, q_len, q_tile, max_blocks, BLOCK_SIZE, MASK_MODE,
+                                           BLOCK_Q, BLOCK_N)
+    # split s of a split request owns key tiles [s * TILES_PER_SPLIT, (s + 1) * TILES_PER_SPLIT):
+    # boundaries fixed by the request's own lengths; split 0 of any other request owns them all
+    tile_begin = split * 0
+    tile_end = num_tiles
+    if SPLIT:
+        if q_len <= _SPLIT_MAX_Q:
+            tile_begin = split * TILES_PER_SPLIT
+            tile_end = tl.minimum(tile_begin + TILES_PER_SPLIT, num_tiles)
+        if (split > 0) & ((q_len > _SPLIT_MAX_Q) | (tile_begin >= num_tiles)):
+            return  # no keys for this split; the merge reads only the splits that hold keys
 
     d = tl.arange(0, HEAD_DIM)
     head = kv_head * GROUP + head_in_group
@@ -274,43 +305,57 @@ def _paged_attention_kernel(
 
     seen = l_i > 0.0
     o = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows with no visible key: 0 / 1 = zeros
+    out_ptrs = out_ptr + q_off[:, None] + d[None, :]
     if SPLIT:
-        stat = (split.to(tl.int64) * num_rows + row) * NUM_Q_HEADS + head
-        lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-        tl.store(lse_ptr + stat, lse, mask=row_ok)
-        tl.store(out_ptr + stat[:, None] * HEAD_DIM + d[None, :], o, mask=row_ok[:, None])
+        if q_len <= _SPLIT_MAX_Q:
+            stat = (split.to(tl.int64) * num_slots + _split_slot(request, i, row, COMPACT)) * NUM_Q_HEADS + head
+            lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+            tl.store(lse_ptr + stat, lse, mask=row_ok)
+            tl.store(partial_ptr + stat[:, None] * HEAD_DIM + d[None, :], o, mask=row_ok[:, None])
+        else:
+            tl.store(out_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
     else:
-        tl.store(out_ptr + q_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(out_ptrs, o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["num_requests", "num_rows", "num_splits"])
+@triton.jit(do_not_specialize=["num_requests", "num_rows", "num_slots"])
 def _merge_splits_kernel(
     partial_ptr,
     lse_ptr,
+    seq_lens_ptr,
     cu_seqlens_q_ptr,
     out_ptr,
     num_requests,
     num_rows,
-    num_splits,
+    max_blocks,
+    num_slots,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    MASK_MODE: tl.constexpr,
+    TILES_PER_SPLIT: tl.constexpr,
+    COMPACT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # same tiling as the attention kernel, so exactly the rows it wrote partials for are merged
     kv_head = tl.program_id(1)
     request, q_len, q_tile, i, head_in_group, row, row_ok = _query_tile(
         cu_seqlens_q_ptr, num_requests, num_rows, GROUP, BLOCK_M, BLOCK_Q
     )
-    if (q_tile < 0) | (q_tile * BLOCK_Q >= q_len):
-        return
+    if (q_tile < 0) | (q_tile * BLOCK_Q >= q_len) | (q_len > _SPLIT_MAX_Q):
+        return  # not a split request: the attention kernel wrote its rows
+    _, _, num_tiles = _key_range(seq_lens_ptr, request, q_len, q_tile, max_blocks, BLOCK_SIZE, MASK_MODE, BLOCK_Q,
+                                 BLOCK_N)
+    num_splits = tl.cdiv(num_tiles, TILES_PER_SPLIT)  # the splits that ran (a tile without keys: none)
     head = kv_head * GROUP + head_in_group
     d = tl.arange(0, HEAD_DIM)
-    stat = row.to(tl.int64) * NUM_Q_HEADS + head
-    # split s of a statistic lives s * T * Hq elements further: step pointers (64-bit) instead of
-    # multiplying indices, which could overflow int32
-    split_stride = num_rows * NUM_Q_HEADS
+    stat = _split_slot(request, i, row, COMPACT) * NUM_Q_HEADS + head
+    # split s of a statistic lives s * slots * Hq elements further: step pointers (64-bit) instead
+    # of multiplying indices, which could overflow int32
+    split_stride = num_slots * NUM_Q_HEADS
 
     lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     lse_ptrs = lse_ptr + stat
@@ -329,64 +374,45 @@ def _merge_splits_kernel(
         weight_sum += weight
         lse_ptrs += split_stride
         partial_ptrs += split_stride * HEAD_DIM
+    # a tile without keys merges no split: zeros, as the single pass writes
     o = acc / tl.where(weight_sum > 0.0, weight_sum, 1.0)[:, None]
     out_off = (row.to(tl.int64) * NUM_Q_HEADS + head) * HEAD_DIM
     tl.store(out_ptr + out_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@functools.cache
-def _split_budget(device: torch.device) -> tuple[int, int]:
-    """(programs that fill the device, fewest keys worth a split of their own)."""
-    if device.type == "cuda":
-        sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-        return PROGRAMS_PER_SM * sm_count, MIN_KEYS_PER_SPLIT
-    return INTERPRETER_PROGRAMS, INTERPRETER_MIN_KEYS_PER_SPLIT
+def _split_keys(device: torch.device) -> int:
+    """Keys per split of a split request: a constant of the device type, never of the batch."""
+    return SPLIT_KEYS if device.type == "cuda" else INTERPRETER_SPLIT_KEYS
 
 
-def _tiling(num_rows: int, num_requests: int, group: int, head_dim: int, dtype: torch.dtype, mask_mode: int):
-    """(BLOCK_M, BLOCK_Q, BLOCK_N, num_warps, num_stages) from shapes only.
+def _tiling(group: int, head_dim: int, dtype: torch.dtype):
+    """(BLOCK_M, BLOCK_Q, BLOCK_N, num_warps, num_stages) from static shapes only.
+
+    Not from the batch (T, B, q_lens): another tile height or key tile would change a row's
+    arithmetic (key-tile online softmax steps, MMA instruction) with its neighbours. The one
+    tiling is the decode one, which the kernel's speed matters most for; prefill and
+    verification rows share it (short query tiles: the K/V tiles are re-read per BLOCK_Q queries,
+    from L2 mostly).
 
     Register and shared-memory figures are ptxas -v for sm_90a (Triton 3.8); every choice below
     compiles at D = 64 / 128 / 256, float32 / float16 / bfloat16, every mask mode, split or not,
     without register spills (float32 split variants: <= 16 bytes). Speed is untuned: no GPU was
     available when these were chosen.
     """
-    # q_len 1 on average: no query rows to fill a tall tile, and the kernel is bandwidth-bound
-    decode_like = num_rows <= num_requests
-    if decode_like:
-        # fp16 D = 128: 148 registers, 40 KiB shared -> 3 programs per SM; float32 (FMA dots,
-        # operands in registers) spills with 16 KiB key tiles, so it gets 8 KiB ones
-        tile_bytes = 8192 if dtype == torch.float32 else 16384
-        block_m, num_warps, num_stages = MIN_BLOCK_M, 4, 3
-    elif dtype != torch.float32:
-        # fp16 D = 128: 148 registers, 82 KiB shared (4 warps at this height: 202+ registers)
-        block_m, num_warps, num_stages, tile_bytes = PREFILL_BLOCK_M, 8, 2, 16384
-    else:
-        # float32 uses exact FMA dots, whose operands live in registers: 32 rows and 8 KiB key
-        # tiles at D <= 128 (80 registers at D = 128; 16 KiB tiles spill), 16 rows at D = 256
-        block_m, num_warps, num_stages, tile_bytes = (32, 8, 2, 8192) if head_dim <= 128 else (16, 4, 2, 8192)
+    # decode: no query rows to fill a tall tile, and the kernel is bandwidth-bound. fp16 D = 128:
+    # 148 registers, 40 KiB shared -> 3 programs per SM; float32 (FMA dots, operands in registers)
+    # spills with 16 KiB key tiles, so it gets 8 KiB ones
+    tile_bytes = 8192 if dtype == torch.float32 else 16384
+    block_m, num_warps, num_stages = MIN_BLOCK_M, 4, 3
     # K and V tiles are BLOCK_N x D: 64 keys of D = 128 fp16 is 16 KiB per tile
     block_n = 64
     while block_n > 16 and block_n * head_dim * dtype.itemsize > tile_bytes:
         block_n //= 2
-    if mask_mode == 2 and not decode_like:
-        # the gathered [BLOCK_M, BLOCK_N] custom-mask indices are int64: at 64 x 64 they spill
-        block_n = max(16, block_n // 2)
     # a group of more than BLOCK_M query heads (MQA-like models) makes the tile taller; at 64 rows
     # 4 warps need 200+ registers, so spread them over 8
     block_m = max(block_m, triton.next_power_of_2(group))
     num_warps = max(num_warps, 8 if block_m >= 64 else 4)
     return block_m, block_m // group, block_n, num_warps, num_stages
-
-
-def _num_splits(programs: int, max_keys: int, device: torch.device) -> int:
-    """How many programs share one request's keys: enough to fill the device, never tiny splits.
-
-    ``max_keys = MB * BS`` bounds every request's context; the actual split boundaries are set on
-    the device from ``seq_lens``, so short requests get short splits, never a host sync.
-    """
-    wanted, min_keys = _split_budget(device)
-    return max(1, min(triton.cdiv(wanted, programs), triton.cdiv(max_keys, min_keys), MAX_SPLITS))
 
 
 def paged_attention(
@@ -398,7 +424,9 @@ def paged_attention(
     queries' keys), ``cu_seqlens_q [B+1]`` int32; ``mask_mode`` int (0 causal, 1 full, 2 custom);
     ``scale`` float; ``custom_mask`` uint8 0/1 flat and ``mask_indptr [B+1]`` int64 (mode 2, empty
     otherwise); ``out`` has the dtype of ``q``; rows of no request are left untouched. D must be a
-    power of two in [16, 256] (ValueError otherwise).
+    power of two in [16, 256] (ValueError otherwise). With split requests (q_len <= SPLIT_MAX_Q)
+    and MB * BS > SPLIT_KEYS it allocates an fp32 workspace of
+    ``cdiv(MB * BS, SPLIT_KEYS) * min(T, 16 * B) * Hq * (D + 1)`` elements.
     """
     num_rows, num_q_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
@@ -410,11 +438,15 @@ def paged_attention(
     if num_rows == 0 or num_requests == 0:
         return
     group = num_q_heads // num_kv_heads
-    block_m, block_q, block_n, num_warps, num_stages = _tiling(
-        num_rows, num_requests, group, head_dim, q.dtype, mask_mode
-    )
+    block_m, block_q, block_n, num_warps, num_stages = _tiling(group, head_dim, q.dtype)
     query_tiles = num_rows // block_q + num_requests
-    num_splits = _num_splits(query_tiles * num_kv_heads, max_blocks * block_size, q.device)
+    # grid.z covers the splits of the longest context the block table can hold; programs past a
+    # request's keys return at once
+    tiles_per_split = max(1, _split_keys(q.device) // block_n)
+    num_splits = triton.cdiv(triton.cdiv(max_blocks * block_size, block_n), tiles_per_split)
+    # partial-result slots: b * SPLIT_MAX_Q + i when that is fewer than the rows (prefill batches)
+    compact = num_requests * SPLIT_MAX_Q < num_rows
+    num_slots = num_requests * SPLIT_MAX_Q if compact else num_rows
     # stand-ins for tensors that are never read (an empty CUDA tensor may have a null data
     # pointer, which the Triton launcher rejects): no tile when MB == 0, no lookup when numel == 0
     if max_blocks == 0:
@@ -425,13 +457,13 @@ def paged_attention(
     if mask_mode != 2:
         mask_indptr = seq_lens
     if num_splits > 1:
-        # one allocation for both (fp32 [S, T, Hq, D] partial outputs, then [S, T, Hq] log2-sum-exp);
-        # every element a merge reads is written first by its split's program
-        stats = num_splits * num_rows * num_q_heads
+        # one allocation for both (fp32 [S, slots, Hq, D] partial outputs, then [S, slots, Hq]
+        # log2-sum-exp); every element a merge reads is written first by its split's program
+        stats = num_splits * num_slots * num_q_heads
         workspace = torch.empty(stats * (head_dim + 1), dtype=torch.float32, device=q.device)
         partial, lse = workspace[: stats * head_dim], workspace[stats * head_dim :]
     else:
-        partial, lse = out, out
+        partial, lse = out, out  # never written: no request splits
     # fp32 inputs use exact fp32 products (tf32 would break the fp32 tolerance); 16-bit inputs
     # use tensor cores with fp32 accumulation either way
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -444,6 +476,7 @@ def paged_attention(
         cu_seqlens_q,
         custom_mask,
         mask_indptr,
+        out,
         partial,
         lse,
         num_requests,
@@ -451,7 +484,7 @@ def paged_attention(
         num_blocks,
         max_blocks,
         mask_numel,
-        num_splits,
+        num_slots,
         float(scale) * LOG2_E,
         NUM_Q_HEADS=num_q_heads,
         NUM_KV_HEADS=num_kv_heads,
@@ -460,6 +493,8 @@ def paged_attention(
         HEAD_DIM=head_dim,
         MASK_MODE=mask_mode,
         SPLIT=num_splits > 1,
+        TILES_PER_SPLIT=tiles_per_split,
+        COMPACT=compact,
         DOT_PRECISION=precision,
         BLOCK_M=block_m,
         BLOCK_Q=block_q,
@@ -471,15 +506,22 @@ def paged_attention(
         _merge_splits_kernel[(query_tiles, num_kv_heads)](
             partial,
             lse,
+            seq_lens,
             cu_seqlens_q,
             out,
             num_requests,
             num_rows,
-            num_splits,
+            max_blocks,
+            num_slots,
             NUM_Q_HEADS=num_q_heads,
             GROUP=group,
+            BLOCK_SIZE=block_size,
             HEAD_DIM=head_dim,
+            MASK_MODE=mask_mode,
+            TILES_PER_SPLIT=tiles_per_split,
+            COMPACT=compact,
             BLOCK_M=block_m,
             BLOCK_Q=block_q,
+            BLOCK_N=block_n,
             num_warps=4,
         )

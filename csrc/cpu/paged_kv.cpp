@@ -7,9 +7,11 @@
 //     tile and reused, from L1, by the group of query heads (GQA) of every query in the tile.
 //   * Keys go in chunks of at most kChunk inside one block: scores for the chunk, one max/rescale
 //     per row, then the value accumulation. Accumulators are fp32.
-//   * Work items are (tile, key split). Few tiles (decode at small batch) split their keys so that
-//     every thread has work; the splits' (max, sum, acc) are merged by log-sum-exp afterwards.
-//     Items are claimed from an atomic counter, longest first, so uneven requests balance.
+//   * Work items are (tile, key split). A tile's keys are split at fixed multiples of
+//     kSplitKeys (rounded up to whole blocks), whatever the batch or the thread count, and the
+//     splits' (max, sum, acc) are merged by log-sum-exp in split order afterwards: a row's
+//     arithmetic depends only on its own request (batch invariance, DESIGN.md). Items are claimed
+//     from an atomic counter, longest first, so uneven requests balance over the threads.
 // Measured on 2 shared Sapphire Rapids cores (decode, Hq=32, Hkv=8, D=128, fp32): with the cache
 // in L2 one (key, kv head) costs ~100 cycles, mostly FMAs; B=32 x 4096 keys (1 GiB of K/V) runs
 // within ~15% of a plain torch.sum over the same bytes and uses ~2x less CPU time than SDPA over
@@ -52,11 +54,12 @@ constexpr int64_t kChunk = 32;
 // in the tile, so speculative verification (q_len ~ 8) reads the cache once, not once per query.
 // 256 rows of D = 128 keep the queries and accumulators (256 KB) in L2.
 constexpr int64_t kMaxTileRows = 256;
-// A key split is never shorter than this: below it the per-item setup and the merge cost more
-// than the parallelism gains.
-constexpr int64_t kMinSplitKeys = 512;
-// Work items per thread the split aims for, so that dynamic claiming evens out the imbalance.
-constexpr int64_t kItemsPerThread = 4;
+// Keys per split (rounded up to whole blocks). A constant, not a share of the batch's work: a split
+// count that followed the batch size or the thread count would change the last bits of a
+// request's output with its neighbours. 512 keys still give one decode request at context 32768
+// 64 items (every core of a large server) and B = 32 at context 4096 256 items, while a split's
+// partial result (Hq x (D + 2) floats) and its merge stay ~0.2% of the split's K/V work.
+constexpr int64_t kSplitKeys = 512;
 // Independent accumulators of the dot product: one AVX-512 register (two AVX2 ones); without
 // them the fp32 sum would be a serial chain GCC may not reorder.
 constexpr int kLanes = 16;
@@ -470,7 +473,7 @@ void run_item(const Attention& a, const Tile& tile, int64_t key_begin, int64_t k
   }
 }
 
-// Log-sum-exp merge of a tile's splits into out.
+// Log-sum-exp merge of a tile's splits into out, in split order (a fixed summation order).
 template <typename T>
 void merge_splits(const Attention& a, const Tile& tile, const float* scratch, T* out) {
   const Geometry& g = a.g;
@@ -566,28 +569,16 @@ int64_t tile_cost(const Geometry& g, const Tile& t, int64_t keys) {
   return keys * (t.num_rows(g) + 8);
 }
 
-// Splits the keys of tiles when there are too few tiles for the threads, and returns the size of
-// the partial-result scratch.
-int64_t plan_splits(const Geometry& g, std::vector<Tile>& tiles, int64_t threads) {
-  const int64_t target = threads * kItemsPerThread;
+// Splits every tile's keys at multiples of kSplitKeys (whole blocks) and returns the size of the
+// partial-result scratch. Depends on each tile alone, never on the batch or the threads.
+int64_t plan_splits(const Geometry& g, std::vector<Tile>& tiles) {
+  const int64_t keys = (kSplitKeys + g.block_size - 1) / g.block_size * g.block_size;
   int64_t scratch = 0;
-  if (threads <= 1 || static_cast<int64_t>(tiles.size()) >= target) return scratch;
-  int64_t total = 0;
-  for (const Tile& t : tiles) total += tile_cost(g, t, t.num_keys);
-  if (total == 0) return scratch;
   for (Tile& t : tiles) {
-    const int64_t wanted = (tile_cost(g, t, t.num_keys) * target + total - 1) / total;
-    const int64_t splits = std::min(wanted, t.num_keys / kMinSplitKeys);
+    const int64_t splits = (t.num_keys + keys - 1) / keys;
     if (splits <= 1) continue;
-    // Whole blocks per split, so no block is fetched by two items.
-    int64_t keys = (t.num_keys + splits - 1) / splits;
-    keys = (keys + g.block_size - 1) / g.block_size * g.block_size;
     t.keys_per_split = keys;
-    t.splits = (t.num_keys + keys - 1) / keys;
-    if (t.splits <= 1) {
-      t.splits = 1;
-      continue;
-    }
+    t.splits = splits;
     t.partial = scratch;
     scratch += t.splits * t.num_rows(g) * (g.head_dim + 2);
   }
@@ -768,7 +759,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   a.requests = read_requests(a.g, block_table, seq_lens, cu_seqlens_q, mask_mode, custom_mask,
                              mask_indptr);
   a.tiles = make_tiles(a);
-  const int64_t scratch = plan_splits(a.g, a.tiles, at::get_num_threads());
+  const int64_t scratch = plan_splits(a.g, a.tiles);
   dispatch_float_types(q, "paged_attention", [&](auto type_tag) {
     using T = decltype(type_tag);
     dispatch_head_dim(a.g.head_dim, [&](auto dim_tag) {

@@ -234,10 +234,10 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   }
   const c10::cuda::CUDAGuard guard(q.device());
   dkp::AttentionPlan plan;
-  const int num_sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   TORCH_CHECK(dkp::plan_paged_attention(batch, rows, q_heads, kv_heads, head_dim, k_cache.size(1),
-                                        block_table.size(1), num_sms, &plan),
-              "paged_attention: sizes exceed the CUDA grid limits (T=", rows, ", Hkv=", kv_heads, ")");
+                                        block_table.size(1), &plan),
+              "paged_attention: sizes exceed the CUDA grid limits (T=", rows, ", Hkv=", kv_heads,
+              ", MB * BS=", block_table.size(1) * k_cache.size(1), ")");
   at::Tensor workspace;
   if (plan.workspace_floats > 0) workspace = at::empty({plan.workspace_floats}, q.options().dtype(at::kFloat));
   dkp::AttentionArgs args{};

@@ -19,13 +19,14 @@ constexpr int kAppendThreads = 128;
 constexpr int kCopyThreads = 256;
 constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridYZ = 65535;
-// Enough CTAs for about two resident waves: a decode CTA streams one kv head of one request, and
-// fewer CTAs than this leave DRAM bandwidth unused, so long contexts are split.
-constexpr int kTargetCtasPerSm = 8;
-// A split shorter than this spends more on its setup and merge than it gains.
-constexpr int64_t kMinSplitKeys = 256;
-// The split workspace stays below 256 MB.
-constexpr int64_t kMaxWorkspaceFloats = int64_t{1} << 26;
+// Keys per split (rounded up to whole blocks) of a request with at most kSplitMaxQueries queries.
+// A constant, not a share of the batch or of the SMs: a split count that followed them would
+// change the last bits of a request's output with its neighbours (batch invariance). 512 keys of
+// D = 128 fp16 are 256 KiB of K/V per CTA, so a split's partial (heads x (D + 2) floats) and its
+// merge stay below 1% of the traffic, and decode still fills an H100 (132 SMs): B = 1 at context
+// 32768 with 8 kv heads makes 512 CTAs (~4 per SM, ~64 KiB of loads in flight per SM), B = 32 at
+// context 4096 makes 2048.
+constexpr int64_t kSplitKeys = 512;
 
 bool aligned(const void* pointer, int64_t bytes) { return reinterpret_cast<uintptr_t>(pointer) % bytes == 0; }
 
@@ -135,7 +136,7 @@ cudaError_t launch_kv_copy_blocks(void* k_cache, void* v_cache, const int32_t* s
 bool attention_supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
 bool plan_paged_attention(int64_t batch, int64_t rows, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                          int64_t block_size, int64_t max_blocks, int num_sms, AttentionPlan* plan) {
+                          int64_t block_size, int64_t max_blocks, AttentionPlan* plan) {
   *plan = AttentionPlan{};
   if (kv_heads <= 0 || q_heads % kv_heads != 0 || block_size <= 0 || !attention_supports_head_dim(head_dim)) {
     return false;
@@ -150,25 +151,17 @@ bool plan_paged_attention(int64_t batch, int64_t rows, int64_t q_heads, int64_t 
   plan->tiles = batch <= 0 || rows <= 0 ? 0 : std::min(rows, (rows + q - 1) / q + batch);
   const int64_t grid_y = kv_heads * plan->head_chunks;
   if (plan->tiles > kMaxGridX || grid_y > kMaxGridYZ) return false;
-  const int64_t ctas = plan->tiles * grid_y;
+  // grid.z covers the splits of the longest context the block table holds; CTAs past a request's
+  // keys return at once. Only the split requests' rows get partial-result slots.
+  const int64_t keys = (kSplitKeys + block_size - 1) / block_size * block_size;  // whole blocks
   const int64_t max_keys = max_blocks * block_size;
-  int64_t splits = 1;
-  if (ctas > 0 && max_keys > 0) {
-    const int64_t target = static_cast<int64_t>(std::max(num_sms, 1)) * kTargetCtasPerSm;
-    const int64_t per_row_floats = rows * q_heads * (head_dim + 2);
-    // Rounded to nearest: a few more CTAs than the target would add a mostly idle last wave.
-    splits = std::min({(target + ctas / 2) / ctas, max_keys / kMinSplitKeys, kMaxGridYZ,
-                       kMaxWorkspaceFloats / std::max<int64_t>(per_row_floats, 1)});
-    splits = std::max<int64_t>(splits, 1);
-  }
-  if (splits > 1) {
-    int64_t keys = (max_keys + splits - 1) / splits;
-    keys = (keys + block_size - 1) / block_size * block_size;  // whole blocks per split
-    plan->keys_per_split = keys;
-    splits = (max_keys + keys - 1) / keys;
-  }
+  const int64_t splits = plan->tiles > 0 && max_keys > 0 ? (max_keys + keys - 1) / keys : 1;
+  if (splits > kMaxGridYZ) return false;
+  plan->keys_per_split = keys;
+  plan->compact_slots = batch * kSplitMaxQueries < rows;
+  plan->slots = plan->compact_slots ? batch * kSplitMaxQueries : rows;
   plan->splits = static_cast<int>(splits);
-  plan->workspace_floats = splits > 1 ? splits * rows * q_heads * (head_dim + 2) : 0;
+  plan->workspace_floats = splits > 1 ? splits * plan->slots * q_heads * (head_dim + 2) : 0;
   return true;
 }
 
@@ -207,9 +200,11 @@ cudaError_t launch_paged_attention(const AttentionArgs& args, const AttentionPla
   p.queries_per_tile = plan.queries_per_tile;
   p.splits = plan.splits;
   p.keys_per_split = plan.keys_per_split;
+  p.slots = plan.slots;
+  p.compact_slots = plan.compact_slots;
   if (plan.splits > 1) {
     p.partial_acc = workspace;
-    p.partial_stats = workspace + static_cast<int64_t>(plan.splits) * args.rows * args.q_heads * args.head_dim;
+    p.partial_stats = workspace + static_cast<int64_t>(plan.splits) * plan.slots * args.q_heads * args.head_dim;
   }
   const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(args.kv_heads * plan.head_chunks),
                   static_cast<unsigned>(plan.splits));

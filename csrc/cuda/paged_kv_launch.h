@@ -36,15 +36,18 @@ struct AttentionPlan {
   int head_chunks = 0;
   int queries_per_tile = 0;
   int64_t tiles = 0;  // grid.x: an upper bound on the number of (request, query tile) pairs
-  int splits = 1;  // grid.z
-  int64_t keys_per_split = 0;
+  int splits = 1;  // grid.z: key splits of the longest context MB * BS (1: no request splits)
+  int64_t keys_per_split = 0;  // a constant (whole blocks): never derived from the batch
+  int64_t slots = 0;  // partial-result rows per split: T, or B * kSplitMaxQueries when compact
+  bool compact_slots = false;
   int64_t workspace_floats = 0;
 };
 
-// batch B, rows T, heads, head_dim D, block_size BS, max_blocks MB (block-table columns), num_sms of
-// the device. Returns false when the sizes do not fit a launch (grid limits).
+// batch B, rows T, heads, head_dim D, block_size BS, max_blocks MB (block-table columns). Returns
+// false when the sizes do not fit a launch (grid limits). The device does not enter the plan: the
+// split policy is the same on every GPU (batch invariance).
 bool plan_paged_attention(int64_t batch, int64_t rows, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                          int64_t block_size, int64_t max_blocks, int num_sms, AttentionPlan* plan);
+                          int64_t block_size, int64_t max_blocks, AttentionPlan* plan);
 
 struct AttentionArgs {
   const void* q;  // [T, Hq, D]

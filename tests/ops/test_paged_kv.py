@@ -185,6 +185,55 @@ def test_attention_shapes_match_reference(kernel_case, block_size, head_dim, num
     torch.testing.assert_close(got.cpu(), reference_attention(batch, "causal", scale=0.05), **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("kind", ["causal", "tree"])
+def test_attention_rows_do_not_depend_on_the_rest_of_the_batch(kernel_case, kind):
+    """Batch invariance (DESIGN.md): a request's output is bitwise the same alone and in a batch.
+
+    The long request's context splits its keys on every backend (cpu: > 512 keys; triton
+    interpreter: > 64 keys at these shapes), so the test fails if a split boundary, the merge
+    order or the query tiling follows the batch's size or composition rather than the request's
+    own lengths. Alone, a request gets a block table of its own blocks only (as a server sizes it
+    per batch), so the short request also goes through a call without any split.
+    """
+    backend, device = kernel_case
+    interpreted = backend == "triton" and device.type == "cpu"
+    long_kv = 150 if interpreted else 5000  # the Triton interpreter is slow: fewer keys there
+    target = (1, long_kv) if kind == "causal" else (4, long_kv)
+    # (20, 40): a prefill longer than the triton backend's split limit (16 queries) runs unsplit
+    others = [(1, 40), (3, 17), (20, 40), (1, long_kv // 3), (2, 9)]
+    shapes = dict(num_q_heads=4, num_kv_heads=1, head_dim=16 if interpreted else 64)
+    mode = "custom" if kind == "tree" else "causal"
+    for position, batch_requests in enumerate([others[:1] + [target], [target] + others, others[:4] + [target]]):
+        batch = make_batch(batch_requests, device=device, seed=14, **shapes)
+        masks = None
+        if kind == "tree":
+            gen = torch.Generator().manual_seed(14)
+            masks = [m.to(device) for m in custom_masks("tree", [q for q, _ in batch_requests], gen)]
+        got_batch = ops.paged_attention(**batch, mask=mode, custom_mask=masks, backend=backend)
+        cu = batch["cu_seqlens_q"].tolist()
+        for request in (target, others[0]):
+            index = batch_requests.index(request)
+            rows = slice(cu[index], cu[index + 1])
+            # the same request alone: its q rows, its own blocks, the same caches
+            alone = dict(batch, q=batch["q"][rows].contiguous(),
+                         block_table=batch["block_table"][index:index + 1, :math.ceil(request[1] / 16)].contiguous(),
+                         seq_lens=batch["seq_lens"][index:index + 1],
+                         cu_seqlens_q=torch.tensor([0, request[0]], dtype=torch.int32, device=device))
+            got_alone = ops.paged_attention(**alone, mask=mode, custom_mask=None if masks is None else [masks[index]],
+                                            backend=backend)
+            assert torch.equal(got_batch[rows], got_alone), f"request {request} differs in batch {position}"
+        want = reference_attention(batch, mode, masks)
+        torch.testing.assert_close(got_batch.cpu(), want, **TOLERANCES[torch.float32])
+    if backend == "cpu":  # the cpu kernel balances work items over threads, but never re-splits keys
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            single = ops.paged_attention(**batch, mask=mode, custom_mask=masks, backend=backend)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(single, got_batch)
+
+
 def test_attention_guards_match_reference(kernel_case):
     """With validate=False, bad values must follow the contract's guards, never read out of bounds."""
     backend, device = kernel_case

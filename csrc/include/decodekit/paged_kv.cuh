@@ -11,9 +11,14 @@
 //     lane group is an independent online-softmax worker over every (kWorkers)-th key, with kUnroll
 //     keys' K and V loads in flight before any math. Scores are reduced inside the lane group by
 //     xor shuffles. Accumulators are fp32.
-//   * At the end the CTA's workers are merged in shared memory (log-sum-exp); with one split the
-//     CTA writes out, else its (max, sum, unnormalised acc) go to a workspace that
-//     paged_attention_merge_kernel combines.
+//   * At the end the CTA's workers are merged in shared memory (log-sum-exp), worker after worker
+//     in a fixed order; a request that is not split writes out, else each split's (max, sum,
+//     unnormalised acc) go to a workspace that paged_attention_merge_kernel combines in split order.
+//   * Batch invariance (DESIGN.md): the CTA tiling depends on the group size only, and a request
+//     with at most kSplitMaxQueries queries has its keys split at multiples of keys_per_split, a
+//     constant of the launcher (never derived from the batch or the SM count). So a row's
+//     arithmetic depends only on its own request; a request whose keys fit one split gets the same
+//     bits through the split path (one partial, weight exactly 1) as without it.
 // Every index read from memory is range-checked (block ids, rows, mask elements): bad metadata
 // makes keys invisible or rows skipped, never an out-of-bounds access.
 #pragma once
@@ -34,6 +39,10 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 2;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr float kNegInf = -__builtin_huge_valf();
+// Requests with at most this many queries (decode, speculative verification) split their keys;
+// longer ones fill the GPU with their own query tiles. Their partials live in slots
+// request * kSplitMaxQueries + query when that is fewer than the rows (compact_slots).
+constexpr int64_t kSplitMaxQueries = 16;
 
 enum MaskMode : int { kCausal = 0, kFull = 1, kCustom = 2 };
 
@@ -48,8 +57,8 @@ struct AttentionParams {
   const int32_t* cu_seqlens_q;  // [B + 1]
   const uint8_t* custom_mask;  // flat 0/1, mask_numel elements (custom mode only)
   const int64_t* mask_indptr;  // [B + 1] (custom mode only; null otherwise)
-  float* partial_acc;  // [splits, T, Hq, D] unnormalised split outputs (splits > 1)
-  float* partial_stats;  // [splits, T, Hq, 2]: (max, sum) of each split
+  float* partial_acc;  // [splits, slots, Hq, D] unnormalised split outputs (splits > 1)
+  float* partial_stats;  // [splits, slots, Hq, 2]: (max, sum) of each split
   int64_t mask_numel;
   int64_t rows;  // T
   int64_t batch;  // B
@@ -59,8 +68,10 @@ struct AttentionParams {
   int heads_per_cta;  // query heads of one kv head handled by a CTA (<= its ROWS)
   int head_chunks;  // ceil(group / heads_per_cta): grid.y = Hkv * head_chunks
   int queries_per_tile;
-  int splits;  // grid.z
+  int splits;  // grid.z: splits of the longest context the block table holds
   int64_t keys_per_split;  // multiple of block_size (only used when splits > 1)
+  int64_t slots;  // partial-result rows: T, or B * kSplitMaxQueries when compact_slots
+  bool compact_slots;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -255,16 +266,29 @@ __device__ __forceinline__ bool sees(const AttentionParams& p, const Tile& t, in
   return index >= 0 && index < p.mask_numel && p.custom_mask[index] != 0;
 }
 
-// Keys [begin, end) of the CTA's split.
+// Whether the tile's request splits its keys (a property of the request alone, given the launch).
+__device__ __forceinline__ bool split_request(const AttentionParams& p, const Tile& t) {
+  return p.splits > 1 && t.q_len <= kSplitMaxQueries;
+}
+
+// Keys [begin, end) of the CTA's split: split s of a split request owns keys
+// [s * keys_per_split, (s + 1) * keys_per_split); split 0 of any other request owns them all.
 __device__ __forceinline__ bool split_keys(const AttentionParams& p, const Tile& t, int64_t& begin, int64_t& end) {
-  if (p.splits <= 1) {
+  if (!split_request(p, t)) {
     begin = 0;
     end = t.num_keys;
-    return true;
+    return blockIdx.z == 0;
   }
   begin = blockIdx.z * p.keys_per_split;
   end = begin + p.keys_per_split < t.num_keys ? begin + p.keys_per_split : t.num_keys;
   return begin < end;  // an empty split writes nothing; the merge only reads the used splits
+}
+
+// Element offset / D of (split, query i of the tile's request, query head) in the partials.
+__device__ __forceinline__ int64_t partial_index(const AttentionParams& p, const Tile& t, int64_t split, int64_t i,
+                                                 int64_t head) {
+  const int64_t slot = p.compact_slots ? t.request * kSplitMaxQueries + i : t.row0 + i;
+  return (split * p.slots + slot) * p.q_heads + head;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -404,7 +428,9 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
     }
   }
 
-  // Merge the CTA's workers: rescale each to the row's overall max, sum in shared memory.
+  // Merge the CTA's workers: rescale each to the row's overall max and add it to shared memory,
+  // one worker after the other (worker 0 first), so the sum has a fixed order (no atomics, whose
+  // order would vary from run to run).
   if (group_lane == 0) {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
@@ -413,21 +439,25 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
     }
   }
   __syncthreads();
+  for (int turn = 0; turn < kWorkers; ++turn) {
+    if (worker == turn) {  // the lanes of one worker own disjoint columns
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    if (!row_valid(r) || running_max[r] == kNegInf) continue;
-    float row_max = kNegInf;
-    for (int w = 0; w < kWorkers; ++w) row_max = fmaxf(row_max, worker_max[w][r]);
-    const float rescale = __expf(running_max[r] - row_max);
+      for (int r = 0; r < ROWS; ++r) {
+        if (!row_valid(r) || running_max[r] == kNegInf) continue;
+        float row_max = kNegInf;
+        for (int w = 0; w < kWorkers; ++w) row_max = fmaxf(row_max, worker_max[w][r]);
+        const float rescale = __expf(running_max[r] - row_max);
 #pragma unroll
-    for (int v = 0; v < kVecsPerLane; ++v) {
+        for (int v = 0; v < kVecsPerLane; ++v) {
 #pragma unroll
-      for (int e = 0; e < V::kElems; ++e) {
-        atomicAdd(&merged[r][(group_lane + v * kLanesPerKey) * V::kElems + e], acc[r][v * V::kElems + e] * rescale);
+          for (int e = 0; e < V::kElems; ++e) {
+            merged[r][(group_lane + v * kLanesPerKey) * V::kElems + e] += acc[r][v * V::kElems + e] * rescale;
+          }
+        }
       }
     }
+    __syncthreads();
   }
-  __syncthreads();
 
   constexpr int kVecsPerCta = ROWS * kVecsPerRow;
   for (int i = threadIdx.x; i < kVecsPerCta; i += kThreads) {
@@ -442,13 +472,13 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
       }
     }
     const int64_t offset = out_offset(r) + column;
-    if (p.splits > 1) {  // the merge kernel normalises
-      const int64_t element = blockIdx.z * p.rows * p.q_heads * D + offset;
-      float* dst = p.partial_acc + element;
+    if (split_request(p, t)) {  // the merge kernel normalises
+      const int64_t index = partial_index(p, t, blockIdx.z, t.q_begin + r / heads, first_head + r % heads);
+      float* dst = p.partial_acc + index * D + column;
 #pragma unroll
       for (int e = 0; e < V::kElems; ++e) dst[e] = merged[r][column + e];
       if (column == 0) {
-        float* stats = p.partial_stats + element / D * 2;
+        float* stats = p.partial_stats + index * 2;
         stats[0] = row_max;
         stats[1] = row_sum;
       }
@@ -463,7 +493,8 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(const Attenti
   }
 }
 
-// Combines the used splits of every row of a tile: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// Combines the used splits of every row of a split request's tile, in split order:
+// out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 // One warp per row: lanes share the split loop's stats loads (broadcast) and own D / 32 columns,
 // so a long context's ~100 splits cost a few microseconds, not a serial loop per element.
 template <typename T, int D>
@@ -473,20 +504,21 @@ __global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const A
   __shared__ Tile tile;
   if (threadIdx.x < 32) find_tile(p, blockIdx.x, tile);
   __syncthreads();
-  if (!tile.valid) return;
+  if (!tile.valid || !split_request(p, tile)) return;  // an unsplit request's CTA wrote out itself
   const Tile t = tile;
   const int64_t used = min(static_cast<int64_t>(p.splits), (t.num_keys + p.keys_per_split - 1) / p.keys_per_split);
   const int chunk = blockIdx.y % p.head_chunks;
   const int first_head = (blockIdx.y / p.head_chunks) * p.group + chunk * p.heads_per_cta;
   const int heads = min(p.heads_per_cta, static_cast<int>(p.group - chunk * p.heads_per_cta));
   const int rows = static_cast<int>(t.q_end - t.q_begin) * heads;
-  const int64_t split_stride = p.rows * p.q_heads;  // rows x heads of one split
+  const int64_t split_stride = p.slots * p.q_heads;  // slots x heads of one split
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int r = warp; r < rows; r += kWarps) {
     const int64_t row_head = (t.row0 + t.q_begin + r / heads) * p.q_heads + first_head + r % heads;
+    const int64_t slot_head = partial_index(p, t, 0, t.q_begin + r / heads, first_head + r % heads);
     float row_max = kNegInf;
     for (int64_t s = lane; s < used; s += 32) {
-      row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + row_head) * 2]);
+      row_max = fmaxf(row_max, p.partial_stats[(s * split_stride + slot_head) * 2]);
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -497,11 +529,11 @@ __global__ void __launch_bounds__(kThreads) paged_attention_merge_kernel(const A
     for (int e = 0; e < kPerLane; ++e) value[e] = 0.0f;
     if (row_max != kNegInf) {  // warp-uniform: every lane reduced the same maxima
       for (int64_t s = 0; s < used; ++s) {
-        const float* stats = p.partial_stats + (s * split_stride + row_head) * 2;
+        const float* stats = p.partial_stats + (s * split_stride + slot_head) * 2;
         if (stats[0] == kNegInf) continue;  // this split saw no key of the row
         const float weight = __expf(stats[0] - row_max);
         total += stats[1] * weight;
-        const float* acc = p.partial_acc + (s * split_stride + row_head) * D;
+        const float* acc = p.partial_acc + (s * split_stride + slot_head) * D;
 #pragma unroll
         for (int e = 0; e < kPerLane; ++e) value[e] = fmaf(acc[lane + 32 * e], weight, value[e]);
       }
