@@ -319,3 +319,271 @@ def test_nan_rows_off_the_walk_do_not_matter():
     logits[:, 2, 0] = float("nan")
     out = ops.verify_chain(logits, draft, None, method="greedy", backend="reference")
     assert out.valid.all() and (out.num_accepted == 0).all()
+
+
+# ------------------------------------------------------------------ backends vs reference (exact)
+
+
+def _exact_sizes(backend):
+    """(rows, drafts, vocab): tiny for the Triton interpreter, larger elsewhere."""
+    return (5, 3, 48) if backend == "triton" else (64, 6, 1000)
+
+
+def _close_drafter(logits: torch.Tensor, gen: torch.Generator, noise: float = 0.5):
+    """Draft probabilities near the target's and tokens drawn from them: long accepted runs."""
+    q = torch.softmax(logits + noise * torch.randn(logits.shape, generator=gen), -1)
+    tokens = torch.multinomial(q.reshape(-1, q.shape[-1]), 1, generator=gen).reshape(q.shape[:-1])
+    return q, tokens
+
+
+def _mixed_params(rows: int, gen: torch.Generator) -> dict:
+    """Per-row methods and target parameters, every combination present."""
+    pick = torch.arange(rows)
+    return dict(
+        method=[("lossless", "greedy", "typical", "lossless")[r % 4] for r in range(rows)],
+        temperature=torch.tensor([(1.0, 0.7, 1.3, 0.0, 1.0)[r % 5] for r in range(rows)]),
+        top_k=torch.tensor([(0, 20, 0, 5, 50, 0)[r % 6] for r in range(rows)], dtype=torch.int32),
+        top_p=torch.tensor([(1.0, 0.9, 0.6, 1.0, 0.95, 0.8, 1.0)[r % 7] for r in range(rows)]),
+        typical_eps=torch.tensor([(0.3, 0.1)[r % 2] for r in range(rows)]),
+        typical_delta=torch.tensor([(0.09, 0.5, 0.2)[r % 3] for r in range(rows)]),
+        seed=(pick * 7919 + 13).to(torch.int64),
+        offset=(pick % 3).to(torch.int64),
+    )
+
+
+def _to(params: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in params.items()}
+
+
+def _assert_same(got, want):
+    for name, a, b in zip(want._fields, got, want):
+        assert torch.equal(a.cpu(), b), f"{name} differs from the reference"
+
+
+@pytest.mark.parametrize("use_probs", [True, False], ids=["draft_probs", "deterministic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_chain_matches_reference(kernel_case, use_probs, dtype):
+    backend, device = kernel_case
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("bf16 arithmetic is wrong in the Triton interpreter (GPU-only)")
+    rows, n, vocab = _exact_sizes(backend)
+    gen = torch.Generator().manual_seed(20)
+    logits = (torch.randn(rows, n + 1, vocab, generator=gen) * 2).to(dtype)
+    q, draft = _close_drafter(logits[:, :n].float(), gen)
+    params = _mixed_params(rows, gen)
+    probs = q if use_probs else None
+    want = ref.verify_chain(logits, draft, probs, **params)
+    got = ops.verify_chain(
+        logits.to(device), draft.to(device), None if probs is None else probs.to(device), backend=backend,
+        **_to(params, device),
+    )  # fmt: skip
+    _assert_same(got, want)
+    assert 0 < float(want.num_accepted.float().mean()) < n  # the walk ends at every kind of place
+
+
+@pytest.mark.parametrize("use_probs", [True, False], ids=["draft_probs", "deterministic"])
+def test_tree_matches_reference(kernel_case, use_probs):
+    backend, device = kernel_case
+    rows, _, vocab = _exact_sizes(backend)
+    nodes = 9 if backend == "triton" else 24
+    gen = torch.Generator().manual_seed(21)
+    parents = torch.stack([torch.tensor(_random_parents(nodes, gen)) for _ in range(rows)])
+    logits = torch.randn(rows, nodes, vocab, generator=gen) * 2
+    q, child_tokens = _close_drafter(logits, gen)
+    # a node's token is drawn from its parent's draft row, as an i.i.d. drafter would
+    tokens = child_tokens.gather(1, parents.clamp(min=0))
+    tree = ops.build_tree(parents, tokens)
+    params = _mixed_params(rows, gen)
+    probs = q if use_probs else None
+    want = ref.verify_tree(logits, tree, probs, **params)
+    tree_dev = ops.build_tree(parents.to(device), tokens.to(device), max_depth=tree.max_depth)
+    got = ops.verify_tree(
+        logits.to(device), tree_dev, None if probs is None else probs.to(device), backend=backend,
+        **_to(params, device),
+    )  # fmt: skip
+    _assert_same(got, want)
+    assert int(want.num_accepted.max()) >= 2
+
+
+def test_topk_tree_matches_reference(kernel_case):
+    backend, device = kernel_case
+    rows, _, vocab = _exact_sizes(backend)
+    levels, k, nodes = (2, 2, 5) if backend == "triton" else (4, 3, 20)
+    gen = torch.Generator().manual_seed(22)
+    tokens = torch.randint(0, vocab, (rows, levels, k, k), generator=gen)
+    logprobs = torch.log_softmax(torch.randn(rows, levels, k, k, generator=gen), -1)
+    tree = ops.build_tree_from_topk(torch.zeros(rows, dtype=torch.int64), tokens, logprobs, nodes)
+    logits = torch.randn(rows, nodes, vocab, generator=gen)
+    # make each node's token the target argmax at its parent half of the time
+    best = torch.argmax(logits, -1).gather(1, tree.parents.clamp(min=0).long())
+    use_best = torch.rand(rows, nodes, generator=gen) < 0.5
+    tree = ops.build_tree(tree.parents, torch.where(use_best, best, tree.tokens), max_depth=tree.max_depth)
+    params = dict(method="greedy", seed=torch.arange(rows))
+    want = ref.verify_tree(logits, tree, None, **params)
+    tree_dev = ops.build_tree(tree.parents.to(device), tree.tokens.to(device), max_depth=tree.max_depth)
+    got = ops.verify_tree(logits.to(device), tree_dev, None, backend=backend, **_to(params, device))
+    _assert_same(got, want)
+
+
+def test_greedy_ties_and_edge_shapes_match_reference(kernel_case):
+    backend, device = kernel_case
+    gen = torch.Generator().manual_seed(23)
+    # rounded logits: many exact ties, greedy must pick the first index everywhere
+    logits = torch.round(torch.randn(6, 4, 17, generator=gen))
+    draft = torch.randint(0, 17, (6, 3), generator=gen)
+    draft[:, 0] = torch.argmax(logits[:, 0], -1)
+    for kwargs in (dict(method="greedy"), dict(temperature=0.0, method="typical")):
+        want = ref.verify_chain(logits, draft, None, seed=1, **kwargs)
+        got = ops.verify_chain(logits.to(device), draft.to(device), None, seed=1, backend=backend, **kwargs)
+        _assert_same(got, want)
+    # n = 0 (only the bonus token), V = 1, and a single-node tree
+    for shape in ((3, 1, 9), (3, 2, 1)):
+        logits = torch.randn(shape, generator=gen)
+        draft = torch.zeros(shape[0], shape[1] - 1, dtype=torch.int64)
+        want = ref.verify_chain(logits, draft, None, seed=torch.arange(3))
+        got = ops.verify_chain(logits.to(device), draft.to(device), None, seed=torch.arange(3, device=device), backend=backend)
+        _assert_same(got, want)
+    tree = ops.build_tree(torch.full((3, 1), -1, device=device), torch.zeros(3, 1, dtype=torch.int64, device=device))
+    logits = torch.randn(3, 1, 9, generator=gen)
+    got = ops.verify_tree(logits.to(device), tree, None, seed=4, backend=backend)
+    want = ref.verify_tree(logits, ops.build_tree(torch.full((3, 1), -1), torch.zeros(3, 1, dtype=torch.int64)), None, seed=4)
+    _assert_same(got, want)
+
+
+def test_invalid_rows_match_reference(kernel_case):
+    backend, device = kernel_case
+    rows, n, vocab = 6, 3, 40
+    gen = torch.Generator().manual_seed(24)
+    logits = torch.randn(rows, n + 1, vocab, generator=gen)
+    q, draft = _close_drafter(logits[:, :n], gen, noise=0.0)
+    logits[0, 0, 3] = float("nan")
+    logits[1, 1, :] = float("-inf")
+    logits[2, 3, 0] = float("inf")
+    logits[3, 2, 5] = float("nan")
+    want = ref.verify_chain(logits, draft, q, seed=torch.arange(rows))
+    got = ops.verify_chain(logits.to(device), draft.to(device), q.to(device), seed=torch.arange(rows, device=device), backend=backend)
+    _assert_same(got, want)
+    assert not bool(want.valid.all())
+
+
+def test_batch_invariance_and_seeds(backend_case):
+    backend, device = backend_case
+    rows, n, vocab = _exact_sizes(backend)
+    gen = torch.Generator().manual_seed(25)
+    logits = torch.randn(rows, n + 1, vocab, generator=gen).to(device)
+    q, draft = _close_drafter(logits[:, :n].cpu(), gen)
+    q, draft = q.to(device), draft.to(device)
+    seeds = torch.arange(rows, device=device) * 1009
+    together = ops.verify_chain(logits, draft, q, seed=seeds, offset=3, backend=backend)
+    for row in (0, rows - 1):
+        alone = ops.verify_chain(logits[row : row + 1], draft[row : row + 1], q[row : row + 1], seed=seeds[row : row + 1], offset=3, backend=backend)
+        assert torch.equal(alone.tokens[0], together.tokens[row])
+    again = ops.verify_chain(logits, draft, q, seed=seeds, offset=3, backend=backend)
+    assert torch.equal(again.tokens, together.tokens)
+    moved = ops.verify_chain(logits, draft, q, seed=seeds, offset=4, backend=backend)
+    assert not torch.equal(moved.tokens, together.tokens)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _chain_args(**overrides):
+    args = dict(
+        target_logits=torch.randn(2, 3, 8),
+        draft_tokens=torch.zeros(2, 2, dtype=torch.int64),
+        draft_probs=torch.full((2, 2, 8), 1 / 8),
+    )
+    args.update(overrides)
+    return args
+
+
+CHAIN_BAD_INPUTS = [
+    (dict(target_logits=[[1.0]]), TypeError, "target_logits"),
+    (dict(target_logits=torch.zeros(2, 3, 8, dtype=torch.int32)), TypeError, "target_logits"),
+    (dict(target_logits=torch.zeros(2, 8)), ValueError, "target_logits"),
+    (dict(target_logits=torch.zeros(0, 3, 8)), ValueError, "target_logits"),
+    (dict(draft_tokens=torch.zeros(2, 3, dtype=torch.int64)), ValueError, "draft_tokens"),
+    (dict(draft_tokens=torch.zeros(3, 2, dtype=torch.int64)), ValueError, "draft_tokens"),
+    (dict(draft_tokens=torch.zeros(2, 2)), TypeError, "draft_tokens"),
+    (dict(draft_tokens=torch.tensor([[0, 8], [0, 0]])), ValueError, "draft_tokens"),
+    (dict(draft_tokens=torch.tensor([[0, -1], [0, 0]])), ValueError, "draft_tokens"),
+    (dict(draft_probs=torch.full((2, 2, 7), 1 / 7)), ValueError, "draft_probs"),
+    (dict(draft_probs=torch.full((2, 2, 8), 1 / 4)), ValueError, "draft_probs"),
+    (dict(draft_probs=torch.full((2, 2, 8), 1 / 8).index_fill(2, torch.tensor([0]), -0.1)), ValueError, "draft_probs"),
+    (dict(draft_probs=torch.full((2, 2, 8), float("nan"))), ValueError, "draft_probs"),
+    (dict(draft_probs=torch.ones(2, 2, 8, dtype=torch.int64)), TypeError, "draft_probs"),
+    (dict(draft_probs="uniform"), TypeError, "draft_probs"),
+    (dict(method="nucleus"), ValueError, "method"),
+    (dict(method=["greedy"]), ValueError, "method"),
+    (dict(method=["greedy", "beam"]), ValueError, "method"),
+    (dict(method=torch.tensor([0, 5])), ValueError, "method"),
+    (dict(method=1.5), TypeError, "method"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=torch.tensor([1.0, float("nan")])), ValueError, "temperature"),
+    (dict(top_k=-1), ValueError, "top_k"),
+    (dict(top_k=2.5), TypeError, "top_k"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(typical_eps=-0.1), ValueError, "typical_eps"),
+    (dict(typical_delta=torch.tensor([0.1, -1.0])), ValueError, "typical_delta"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(offset=-1), ValueError, "offset"),
+    (dict(temperature=torch.ones(3)), ValueError, "temperature"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, name", CHAIN_BAD_INPUTS)
+def test_verify_chain_bad_input_raises_naming_the_argument(overrides, error, name):
+    args = _chain_args(**{k: v for k, v in overrides.items() if k in ("target_logits", "draft_tokens", "draft_probs")})
+    kwargs = {k: v for k, v in overrides.items() if k not in args}
+    with pytest.raises(error, match=name):
+        ops.verify_chain(args["target_logits"], args["draft_tokens"], args["draft_probs"], backend="reference", **kwargs)
+
+
+def _small_tree(rows=2, parents=(-1, 0, 0, 1), vocab=8):
+    parents_t = torch.tensor([list(parents)] * rows)
+    return ops.build_tree(parents_t, torch.ones(rows, len(parents), dtype=torch.int64))
+
+
+def test_verify_tree_bad_input_raises_naming_the_argument():
+    tree = _small_tree()
+    logits = torch.randn(2, 4, 8)
+    cases = [
+        (dict(tree=(tree.parents, tree.tokens)), TypeError, "tree"),
+        (dict(logits=torch.randn(3, 4, 8)), ValueError, "tree"),
+        (dict(logits=torch.randn(2, 5, 8)), ValueError, "tree"),
+        (dict(tree=tree._replace(max_depth=1)), ValueError, "max_depth"),
+        (dict(tree=tree._replace(tokens=torch.full((2, 4), 8))), ValueError, "tree.tokens"),
+        (dict(tree=tree._replace(first_child=torch.full((2, 4), -1, dtype=torch.int32))), ValueError, "first_child"),
+        (dict(probs=torch.full((2, 4, 8), 0.2)), ValueError, "draft_probs"),
+        (dict(probs=torch.full((2, 3, 8), 1 / 8)), ValueError, "draft_probs"),
+        (dict(method="random"), ValueError, "method"),
+    ]
+    for case, error, name in cases:
+        kwargs = {k: v for k, v in case.items() if k not in ("tree", "logits", "probs")}
+        with pytest.raises(error, match=name):
+            ops.verify_tree(case.get("logits", logits), case.get("tree", tree), case.get("probs"), backend="reference", **kwargs)
+    # leaf rows of draft_probs are never read, so they need not be distributions
+    probs = torch.full((2, 4, 8), 1 / 8)
+    probs[:, 2:] = 0.0
+    assert ops.verify_tree(logits, tree, probs, backend="reference").valid.all()
+
+
+# ------------------------------------------------------------------ torch.compile
+
+
+def test_compiled_verify_fullgraph():
+    gen = torch.Generator().manual_seed(26)
+    logits = torch.randn(4, 3, 16, generator=gen)
+    q, draft = _close_drafter(logits[:, :2], gen)
+    tree = _small_tree(rows=4, parents=(-1, 0, 1))
+    seed = torch.arange(4)
+
+    def step(logits, draft, q, seed):
+        chain = ops.verify_chain(logits, draft, q, seed=seed, offset=2, top_k=8, backend="reference")
+        tree_out = ops.verify_tree(logits, tree, None, seed=seed, method="typical", backend="reference")
+        return chain.tokens, chain.num_accepted, tree_out.accepted_nodes, tree_out.tokens
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for a, b in zip(compiled(logits, draft, q, seed), step(logits, draft, q, seed)):
+        assert torch.equal(a, b)
