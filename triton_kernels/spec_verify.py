@@ -131,7 +131,7 @@ def _first_child(first_child_ptr, node, N, IS_CHAIN: tl.constexpr):
     if IS_CHAIN:
         child = tl.where(node + 1 < N, node + 1, -1)
     else:
-        child = tl.load(first_child_ptr + node)
+        child = tl.load(first_child_ptr + node).to(tl.int64)
         child = tl.where((child > node) & (child < N), child, -1)
     return child
 
@@ -141,7 +141,7 @@ def _next_sibling(next_sibling_ptr, child, N, IS_CHAIN: tl.constexpr):
     if IS_CHAIN:
         sibling = child * 0 - 1
     else:
-        sibling = tl.load(next_sibling_ptr + child)
+        sibling = tl.load(next_sibling_ptr + child).to(tl.int64)
         sibling = tl.where((sibling > child) & (sibling < N), sibling, -1)
     return sibling
 
@@ -198,7 +198,7 @@ def _verify_kernel(
     links = b * N
 
     lanes = tl.arange(0, WBLOCK)
-    path = tl.where(lanes == 0, 0, -1)
+    path = tl.where(lanes == 0, 0, -1).to(tl.int64)
     emitted = tl.full([WBLOCK], -1, tl.int64)
     node = b * 0  # int64 scalar
     accepted = 0
