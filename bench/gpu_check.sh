@@ -22,4 +22,6 @@ python -m decodekit.cli info | tee "$OUT/info.txt"
 timeout 150 python -m pytest -m gpu -q -x --no-header -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_gpu.txt"
 
 timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>&1 | tail -60 | tee "$OUT/bench_sampling.txt"
+# spec_verify: chain B=64 n=8 and tree B=16 N=64, V=32000 / 128256, cuda + triton + torch baselines
+timeout 120 python -m decodekit.cli bench spec_verify --device cuda --quick --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_spec_verify.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"
