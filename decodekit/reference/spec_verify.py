@@ -1,9 +1,8 @@
 """Plain-PyTorch speculative verification: the executable spec of the `spec_verify` op family.
 
 Every backend (cpu, triton, cuda) must give the same integer outputs as ``verify_tree`` /
-``verify_chain`` below for the same seed; the prose form of these rules, with the raw-function
-argument lists, is ``spec_verify_contract.md`` in the issue briefs and the module docstring of
-``decodekit/ops/spec_verify.py``.
+``verify_chain`` below for the same seed; the raw-function argument lists are in the module
+docstring of ``decodekit/ops/spec_verify.py``.
 
 A token tree of N nodes per batch row: node 0 is the root (the last committed token), every other
 node is a draft token whose parent has a smaller index. ``target_logits[b, u]`` are the target's

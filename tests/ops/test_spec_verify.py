@@ -588,3 +588,23 @@ def test_compiled_verify_fullgraph():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     for a, b in zip(compiled(logits, draft, q, seed), step(logits, draft, q, seed)):
         assert torch.equal(a, b)
+
+
+def test_chain_equals_verify_tree_on_the_path_tree(backend_case):
+    """Contract: a chain of n drafts is the path tree 0 -> 1 -> ... -> n, node j + 1 = draft j."""
+    backend, device = backend_case
+    rows, n, vocab = _exact_sizes(backend)
+    gen = torch.Generator().manual_seed(27)
+    logits = torch.randn(rows, n + 1, vocab, generator=gen) * 2
+    q, draft = _close_drafter(logits[:, :n], gen)
+    params = _to(_mixed_params(rows, gen), device)
+    chain = ops.verify_chain(logits.to(device), draft.to(device), q.to(device), backend=backend, **params)
+    parents = torch.arange(-1, n).expand(rows, -1).to(device)
+    tokens = torch.cat([torch.zeros(rows, 1, dtype=torch.int64), draft], 1).to(device)
+    tree = ops.build_tree(parents, tokens, max_depth=n)
+    q_tree = torch.cat([q, torch.full((rows, 1, vocab), 1.0 / vocab)], 1).to(device)  # leaf row: never read
+    out = ops.verify_tree(logits.to(device), tree, q_tree, backend=backend, **params)
+    assert torch.equal(chain.tokens, out.tokens)
+    assert torch.equal(chain.num_accepted, out.num_accepted)
+    expected_path = torch.where(torch.arange(n + 1, device=device) <= out.num_accepted.unsqueeze(-1).long(), torch.arange(n + 1, device=device), -1)
+    assert torch.equal(out.accepted_nodes.long(), torch.where(out.valid.unsqueeze(-1), expected_path, -1))
