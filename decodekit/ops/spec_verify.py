@@ -221,14 +221,18 @@ def _check_draft_probs(draft_probs, shape: tuple[int, ...], device, used_rows: t
         raise ValueError(f"draft_probs is on {draft_probs.device} but target_logits are on {device}")
     probs = draft_probs.to(torch.float32).contiguous()
     if _values_checkable(probs) and probs.numel():
-        rows = probs if used_rows is None else probs[used_rows]
-        if not bool(torch.isfinite(rows).all()) or bool((rows < 0).any()):
-            raise ValueError("draft_probs must be probabilities: finite and >= 0 (got negative, NaN or inf entries)")
-        sums = rows.sum(-1)
-        off = (sums - 1).abs() > PROB_SUM_TOLERANCE
-        if bool(off.any()):
+        # two streaming reductions, no [B, n, V] temporaries: NaN and inf propagate into the sum
+        # (failing the sum test) and a negative entry shows in the minimum
+        sums, mins = probs.sum(-1), probs.amin(-1)
+        bad = ~((sums - 1).abs() <= PROB_SUM_TOLERANCE) | ~(mins >= 0)
+        if used_rows is not None:
+            bad &= used_rows
+        if bool(bad.any()):
+            index = tuple(bad.nonzero()[0].tolist())
             raise ValueError(
-                f"draft_probs rows must sum to 1 (within {PROB_SUM_TOLERANCE}); a row sums to {sums[off][0].item():.6g}"
+                f"draft_probs rows must be probabilities (entries >= 0, finite, summing to 1 within "
+                f"{PROB_SUM_TOLERANCE}); row {list(index)} sums to {sums[index].item():.6g} with minimum "
+                f"{mins[index].item():.6g}"
             )
     return probs
 
