@@ -343,7 +343,7 @@ def _check_tree(tree, batch: int, nodes: int, vocab: int, device) -> Tree:
         if not (torch.equal(first_child, arrays["first_child"].to(torch.int32))
                 and torch.equal(next_sibling, arrays["next_sibling"].to(torch.int32))):  # fmt: skip
             raise ValueError("tree.first_child / tree.next_sibling do not match tree.parents; build trees with build_tree")
-        depth = (ref._ancestor_mask(arrays["parents"]).sum(-1) - 1).max()
+        depth = ref._depths(arrays["parents"]).max()
         if int(depth) > tree.max_depth:
             raise ValueError(f"tree.max_depth={tree.max_depth} is below the tree's depth {int(depth)}")
         _check_tokens_in_vocab("tree.tokens (draft nodes)", arrays["tokens"][:, 1:], vocab)

@@ -84,21 +84,40 @@ class Tree(NamedTuple):
 
 
 def _child_links(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first_child, next_sibling) [B, N] int32 of valid ``parents`` [B, N] (root parent -1)."""
+    """(first_child, next_sibling) [B, N] int32 of valid ``parents`` [B, N] (root parent -1).
+
+    One stable sort by parent groups every node's children in index order; O(B N log N), no
+    [B, N, N] temporaries, so ``verify_tree`` can re-check a tree on every CPU call.
+    """
     batch, nodes = parents.shape
-    dev = parents.device
-    index = torch.arange(nodes, device=dev)
     parent = parents.to(torch.int64)
-    # column N collects the root's "parent": dropped afterwards
-    slot = torch.where(parent >= 0, parent, nodes)
-    first = torch.full((batch, nodes + 1), nodes, dtype=torch.int64, device=dev)
-    first.scatter_reduce_(1, slot, index.expand(batch, nodes), reduce="amin", include_self=True)
-    first_child = torch.where(first[:, :nodes] < nodes, first[:, :nodes], -1)
-    # next sibling of i: the smallest j > i with the same parent
-    same = (parent.unsqueeze(2) == parent.unsqueeze(1)) & (index.view(1, 1, -1) > index.view(1, -1, 1))
-    later = torch.where(same, index.view(1, 1, -1), nodes).min(-1).values
-    next_sibling = torch.where((later < nodes) & (parent >= 0), later, -1)
-    return first_child.to(torch.int32), next_sibling.to(torch.int32)
+    order = torch.sort(parent, dim=1, stable=True).indices  # children of one parent: increasing index
+    sorted_parent = parent.gather(1, order)
+    same_as_next = torch.zeros_like(sorted_parent, dtype=torch.bool)
+    same_as_next[:, :-1] = sorted_parent[:, :-1] == sorted_parent[:, 1:]
+    after = torch.full_like(order, -1)
+    after[:, :-1] = order[:, 1:]
+    next_sibling = torch.full_like(parent, -1)
+    next_sibling.scatter_(1, order, torch.where(same_as_next & (sorted_parent >= 0), after, -1))
+    starts_run = torch.ones_like(same_as_next)
+    starts_run[:, 1:] = ~same_as_next[:, :-1]
+    heads = starts_run & (sorted_parent >= 0)
+    # column N collects the writes of non-heads and is dropped
+    first = torch.full((batch, nodes + 1), -1, dtype=torch.int64, device=parents.device)
+    first.scatter_(1, torch.where(heads, sorted_parent, nodes), torch.where(heads, order, -1))
+    return first[:, :nodes].to(torch.int32), next_sibling.to(torch.int32)
+
+
+def _depths(parents: torch.Tensor) -> torch.Tensor:
+    """[B, N] int32 depth of every node by pointer jumping (ceil(log2 N) gathers)."""
+    jump = parents.to(torch.int64)
+    dist = (jump >= 0).to(torch.int64)
+    for _ in range(max(1, (parents.shape[1] - 1).bit_length())):
+        valid = jump >= 0
+        safe = jump.clamp(min=0)
+        dist = dist + torch.where(valid, dist.gather(1, safe), 0)
+        jump = torch.where(valid, jump.gather(1, safe), -1)
+    return dist.to(torch.int32)
 
 
 def _ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
@@ -130,7 +149,7 @@ def build_tree(parents: torch.Tensor, tokens: torch.Tensor, max_depth: int | Non
     parents = parents.to(torch.int32)
     first_child, next_sibling = _child_links(parents)
     mask = _ancestor_mask(parents)
-    depth = (mask.sum(-1) - 1).to(torch.int32)
+    depth = _depths(parents)
     if max_depth is None:
         max_depth = int(depth.max())
     return Tree(tokens.to(torch.int64), parents, first_child, next_sibling, depth, mask, pack_mask(mask), max_depth)
