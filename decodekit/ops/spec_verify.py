@@ -208,9 +208,12 @@ def _check_tokens_in_vocab(name: str, tokens: torch.Tensor, vocab: int) -> None:
         raise ValueError(f"{name} must be token ids in [0, V={vocab}), got {bad}")
 
 
-def _check_draft_probs(draft_probs, shape: tuple[int, ...], device, used_rows: torch.Tensor | None) -> torch.Tensor:
-    """float32 contiguous ``draft_probs``; on CPU the rows that verification reads (``used_rows``
-    [B, rows] bool, all when None) must be distributions: finite, >= 0, summing to 1."""
+def _check_draft_probs(
+    draft_probs, shape: tuple[int, ...], device, used_rows: torch.Tensor | None, check_values: bool = True
+) -> torch.Tensor:
+    """float32 contiguous ``draft_probs``; on CPU (and ``check_values``) the rows that verification
+    may read (``used_rows`` [B, rows] bool, all when None) must be distributions: finite, >= 0,
+    summing to 1. That reads the whole tensor, several times the bytes a walk reads."""
     if not isinstance(draft_probs, torch.Tensor):
         raise TypeError(f"draft_probs must be a torch.Tensor or None, got {type(draft_probs).__name__}")
     if draft_probs.dtype not in _args.FLOAT_DTYPES:
@@ -220,7 +223,7 @@ def _check_draft_probs(draft_probs, shape: tuple[int, ...], device, used_rows: t
     if draft_probs.device != device:
         raise ValueError(f"draft_probs is on {draft_probs.device} but target_logits are on {device}")
     probs = draft_probs.to(torch.float32).contiguous()
-    if _values_checkable(probs) and probs.numel():
+    if check_values and _values_checkable(probs) and probs.numel():
         # two streaming reductions, no [B, n, V] temporaries: NaN and inf propagate into the sum
         # (failing the sum test) and a negative entry shows in the minimum
         sums, mins = probs.sum(-1), probs.amin(-1)
@@ -289,6 +292,7 @@ def verify_chain(
     typical_delta=0.09,
     seed=None,
     offset=0,
+    check_draft_probs: bool = True,
     backend: str | None = None,
 ) -> VerifyOutput:
     """Verify one chain of draft tokens per row in one fused pass.
@@ -306,6 +310,10 @@ def verify_chain(
         typical_eps, typical_delta: scalars or ``[B]`` floats >= 0 (Medusa's posterior threshold
             and alpha), used by typical rows.
         seed, offset: as in ``sample`` (seed None draws per-row seeds from torch's generator).
+        check_draft_probs: on CPU, read all of ``draft_probs`` to check that every row is a
+            distribution (ValueError otherwise). That costs more than the verification itself,
+            which reads only the rows its walk visits; pass False where the drafter's softmax
+            guarantees it. CUDA tensors are never value-checked (it would synchronise).
         backend: ``"reference" | "cpu" | "triton" | "cuda"``; default per DESIGN.md.
 
     Returns:
@@ -320,7 +328,7 @@ def verify_chain(
     _check_tokens_in_vocab("draft_tokens", draft_tokens, vocab)
     has_draft_probs = draft_probs is not None
     if has_draft_probs:
-        draft_probs = _check_draft_probs(draft_probs, (batch, width - 1, vocab), device, None)
+        draft_probs = _check_draft_probs(draft_probs, (batch, width - 1, vocab), device, None, check_draft_probs)
     else:
         draft_probs = _no_draft_probs(device)
     params = _row_params(batch, device, method, temperature, top_k, top_p, typical_eps, typical_delta, seed, offset)
@@ -367,6 +375,7 @@ def verify_tree(
     typical_delta=0.09,
     seed=None,
     offset=0,
+    check_draft_probs: bool = True,
     backend: str | None = None,
 ) -> TreeVerifyOutput:
     """Verify one token tree per row (SpecInfer / EAGLE / Medusa style) in one fused pass.
@@ -378,8 +387,9 @@ def verify_tree(
         draft_probs: ``[B, N, V]`` float: row u is the distribution the children of node u were
             drawn from, i.i.d. (rows of leaves are not read); None for a deterministic drafter
             (e.g. EAGLE-2 top-k children).
-        method, temperature, top_k, top_p, typical_eps, typical_delta, seed, offset, backend:
-            as in :func:`verify_chain`.
+        method, temperature, top_k, top_p, typical_eps, typical_delta, seed, offset,
+        check_draft_probs, backend: as in :func:`verify_chain` (only rows of nodes with children
+            are checked).
 
     Returns:
         ``TreeVerifyOutput(accepted_nodes [B, max_depth+1] int32 (accepted path starting with the
@@ -393,7 +403,9 @@ def verify_tree(
     tree = _check_tree(tree, batch, nodes, vocab, device)
     has_draft_probs = draft_probs is not None
     if has_draft_probs:
-        draft_probs = _check_draft_probs(draft_probs, (batch, nodes, vocab), device, tree.first_child >= 0)
+        draft_probs = _check_draft_probs(
+            draft_probs, (batch, nodes, vocab), device, tree.first_child >= 0, check_draft_probs
+        )
     else:
         draft_probs = _no_draft_probs(device)
     params = _row_params(batch, device, method, temperature, top_k, top_p, typical_eps, typical_delta, seed, offset)

@@ -608,3 +608,11 @@ def test_chain_equals_verify_tree_on_the_path_tree(backend_case):
     assert torch.equal(chain.num_accepted, out.num_accepted)
     expected_path = torch.where(torch.arange(n + 1, device=device) <= out.num_accepted.unsqueeze(-1).long(), torch.arange(n + 1, device=device), -1)
     assert torch.equal(out.accepted_nodes.long(), torch.where(out.valid.unsqueeze(-1), expected_path, -1))
+
+
+def test_check_draft_probs_false_skips_the_value_check():
+    args = _chain_args(draft_probs=torch.full((2, 2, 8), 1 / 4))
+    with pytest.raises(ValueError, match="draft_probs"):
+        ops.verify_chain(args["target_logits"], args["draft_tokens"], args["draft_probs"], backend="reference")
+    out = ops.verify_chain(args["target_logits"], args["draft_tokens"], args["draft_probs"], check_draft_probs=False, backend="reference")
+    assert out.valid.all()
