@@ -412,9 +412,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       return;
     }
     if (threadIdx.x == 0 && path != nullptr) path[accepted] = node;
-    // q of a chain's last node (a leaf) is never read: it has no children.
-    const float* q = row_q != nullptr && node < q_rows ? row_q + static_cast<int64_t>(node) * vocab : nullptr;
-    Residual res{row_q != nullptr ? q : nullptr, steps, 0, nt.exact_sum / nt.sum};
+    // Only lossless rows read q (typical rows never do), and a chain's last node (a leaf) has none.
+    const float* q = p.method == kLossless && row_q != nullptr && node < q_rows
+                         ? row_q + static_cast<int64_t>(node) * vocab
+                         : nullptr;
+    Residual res{q, steps, 0, nt.exact_sum / nt.sum};
 
     int next = -1;
     int64_t next_token = -1;
