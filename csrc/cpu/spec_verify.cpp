@@ -443,7 +443,9 @@ void verify_row(const T* logits, const float* draft, int64_t vocab, const Links&
       return;
     }
     if (out.path != nullptr) out.path[accepted] = static_cast<int32_t>(node);
-    const float* q = draft != nullptr ? draft + node * vocab : nullptr;
+    // Only lossless rows read q; a chain's last node (a leaf, no q row) never tests a child.
+    const float* q =
+        p.method == Method::kLossless && draft != nullptr ? draft + node * vocab : nullptr;
     std::optional<Residual<T>> residual;
     if (p.method != Method::kGreedy) residual.emplace(target, q, ws.residual);
 
