@@ -309,7 +309,8 @@ __device__ int draw_final(const T* row, int vocab, const NodeTarget& nt, const R
   int first_eligible = kNoIndex;
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     const float p_i = kept_mass(nt, element_at(row, i)) / nt.sum;
-    const float r = res.value(p_i, res.q != nullptr ? res.q[i] : 0.f, i);
+    // q only matters once a rejection step exists: a bonus draw never reads the draft row.
+    const float r = res.value(p_i, res.q != nullptr && res.count > 0 ? res.q[i] : 0.f, i);
     if (!(r > 0.f)) continue;
     first_eligible = min(first_eligible, i);
     const float log_r = logf(r);
