@@ -196,6 +196,9 @@ inline float residual_step(float r, float q, float divisor) {
 // Blocks the final draw scores first, largest residual bound first.
 constexpr int64_t kSeedBlocks = 32;
 
+// Blocks per task when one row's final draw is split over threads (fewer rows than threads).
+constexpr int64_t kDrawBlocksPerTask = 256;
+
 struct ResidualWorkspace {
   std::vector<float> numerators, spare;  // stored d = max(r - q, 0) (draft probabilities only)
   std::vector<float> block_max, spare_block_max;
@@ -306,11 +309,20 @@ class Residual {
       }
       ws_.bounds[b] = 0.0f;  // done: skipped below
     }
-    for (int64_t b = 0; b < blocks; ++b) {
-      if (!(ws_.bounds[b] > 0.0f)) continue;
-      if (fast_log(ws_.bounds[b]) < min_competitive_z(best.score)) continue;
-      best = score_block(b, p, best);
-    }
+    // The rest, split over threads when the row is alone (inside a row-parallel region this runs
+    // serially). The merge is order-free (score, then index), so the split never changes the token.
+    const ScoredToken seeded = best;
+    best = at::parallel_reduce(
+        0, blocks, kDrawBlocksPerTask, seeded,
+        [&](int64_t first, int64_t last, ScoredToken chunk_best) {
+          for (int64_t b = first; b < last; ++b) {
+            if (!(ws_.bounds[b] > 0.0f)) continue;
+            if (fast_log(ws_.bounds[b]) < min_competitive_z(chunk_best.score)) continue;
+            chunk_best = score_block(b, p, chunk_best);
+          }
+          return chunk_best;
+        },
+        ScoredToken::better);
     return best.index >= 0 ? best.index : first_eligible();
   }
 
@@ -511,9 +523,15 @@ RowParamTensors row_params(const at::Tensor& method, const at::Tensor& temperatu
           seed.data_ptr<int64_t>(),        offset.data_ptr<int64_t>()};
 }
 
-// Rows are independent and a walk is short, so one thread per row with its own workspace.
+// One thread per row with its own workspace; with fewer rows than threads the rows run one after
+// another and each final draw (most of a row's work) is split over the threads instead.
 template <typename Fn>
 void for_each_batch_row(int64_t rows, Fn&& fn) {
+  if (rows < at::get_num_threads()) {
+    Workspace ws;
+    for (int64_t b = 0; b < rows; ++b) fn(b, ws);
+    return;
+  }
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     Workspace ws;
     for (int64_t b = begin; b < end; ++b) fn(b, ws);
