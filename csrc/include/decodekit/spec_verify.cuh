@@ -40,6 +40,9 @@ using sampling::SpecialKeys;
 // a global workspace (the launcher's caller allocates it).
 constexpr int kSharedSteps = 64;
 
+// Elements per thread the final draw scores before the CTA shares its best score (see draw_final).
+constexpr int kDrawSliceWidth = 16;
+
 enum Method : int { kLossless = 0, kGreedy = 1, kTypical = 2 };
 
 // Greedy if method == 1 or temperature == 0; typical if method == 2; any other code is lossless.
@@ -307,19 +310,25 @@ __device__ int draw_final(const T* row, int vocab, const NodeTarget& nt, const R
     if (score > -INFINITY) best = {score, hint};
   }
   int first_eligible = kNoIndex;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+  auto visit = [&](int i) {
     const float p_i = kept_mass(nt, element_at(row, i)) / nt.sum;
     // q only matters once a rejection step exists: a bonus draw never reads the draft row.
     const float r = res.value(p_i, res.q != nullptr && res.count > 0 ? res.q[i] : 0.f, i);
-    if (!(r > 0.f)) continue;
+    if (!(r > 0.f)) return;
     first_eligible = min(first_eligible, i);
     const float log_r = logf(r);
     // The noise is at most kMaxGumbelNoise and rounding is monotone, so such a score is strictly
     // below best and can neither win nor tie.
-    if (log_r + sampling::kMaxGumbelNoise < best.score) continue;
+    if (log_r + sampling::kMaxGumbelNoise < best.score) return;
     const float score = score_of(log_r, i);
     if (score > -INFINITY && CombineScored{}(Scored{score, i}, best).index == i) best = {score, i};
-  }
+  };
+  // A first slice of the row, then every thread continues from the block's best so far: pruning
+  // against the block's best skips far more Philox draws than each thread's own best would.
+  const int slice = min(vocab, kThreads * kDrawSliceWidth);
+  for (int i = threadIdx.x; i < slice; i += kThreads) visit(i);
+  best = sampling::block_all_reduce(best, CombineScored{}, Scored{-INFINITY, kNoIndex});
+  for (int i = slice + threadIdx.x; i < vocab; i += kThreads) visit(i);
   best = sampling::block_all_reduce(best, CombineScored{}, Scored{-INFINITY, kNoIndex});
   if (best.index != kNoIndex) return best.index;
   first_eligible = sampling::block_all_reduce(IndexMin{first_eligible}, CombineIndexMin{}, IndexMin{kNoIndex}).value;
