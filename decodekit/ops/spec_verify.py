@@ -77,13 +77,11 @@ def _outputs(batch: int, width: int, device) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _verify_chain_impl(
-    target_logits, draft_tokens, draft_probs, has_draft_probs, method, temperature, top_k, top_p, eps, delta, seed, offset, backend
-):
+def _verify_chain_impl(target_logits, *rest):
+    """``rest``: the raw function's inputs after ``target_logits``, then the backend name."""
+    *inputs, backend = rest
     outs = _outputs(target_logits.shape[0], target_logits.shape[1], target_logits.device)
-    kernel(backend, FAMILY, "verify_chain")(
-        target_logits, draft_tokens, draft_probs, has_draft_probs, method, temperature, top_k, top_p, eps, delta, seed, offset, *outs
-    )
+    kernel(backend, FAMILY, "verify_chain")(target_logits, *inputs, *outs)
     return outs
 
 
@@ -104,13 +102,13 @@ def _verify_chain_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _verify_chain_impl(
-        target_logits, draft_tokens, draft_probs, has_draft_probs, method, temperature, top_k, top_p,
-        typical_eps, typical_delta, seed, offset, backend,
+        target_logits, draft_tokens, draft_probs, has_draft_probs, method, temperature, top_k, top_p, typical_eps,
+        typical_delta, seed, offset, backend,
     )  # fmt: skip
 
 
 @_verify_chain_op.register_fake
-def _(target_logits, draft_tokens, draft_probs, has_draft_probs, method, temperature, top_k, top_p, eps, delta, seed, offset, backend):
+def _(target_logits, *rest):
     batch, width = target_logits.shape[0], target_logits.shape[1]
     return (
         target_logits.new_empty(batch, width, dtype=torch.int64),
@@ -120,17 +118,13 @@ def _(target_logits, draft_tokens, draft_probs, has_draft_probs, method, tempera
     )
 
 
-def _verify_tree_impl(
-    target_logits, tokens, first_child, next_sibling, draft_probs, has_draft_probs, method, temperature, top_k, top_p,
-    eps, delta, seed, offset, width, backend,
-):  # fmt: skip
+def _verify_tree_impl(target_logits, *rest):
+    """``rest``: the raw function's inputs after ``target_logits``, the output width, the backend."""
+    *inputs, width, backend = rest
     batch, device = target_logits.shape[0], target_logits.device
     accepted_nodes = torch.empty(batch, width, dtype=torch.int32, device=device)
     outs = _outputs(batch, width, device)
-    kernel(backend, FAMILY, "verify_tree")(
-        target_logits, tokens, first_child, next_sibling, draft_probs, has_draft_probs, method, temperature, top_k,
-        top_p, eps, delta, seed, offset, accepted_nodes, *outs,
-    )  # fmt: skip
+    kernel(backend, FAMILY, "verify_tree")(target_logits, *inputs, accepted_nodes, *outs)
     return (accepted_nodes, *outs)
 
 
@@ -160,9 +154,8 @@ def _verify_tree_op(
 
 
 @_verify_tree_op.register_fake
-def _(target_logits, tokens, first_child, next_sibling, draft_probs, has_draft_probs, method, temperature, top_k, top_p,
-      eps, delta, seed, offset, width, backend):  # fmt: skip
-    batch = target_logits.shape[0]
+def _(target_logits, *rest):
+    batch, width = target_logits.shape[0], rest[-2]
     return (
         target_logits.new_empty(batch, width, dtype=torch.int32),
         target_logits.new_empty(batch, width, dtype=torch.int64),
@@ -256,7 +249,9 @@ def _method_param(method, batch: int, device) -> torch.Tensor:
     if isinstance(method, torch.Tensor):
         codes = sorted(METHOD_CODES.values())
         return _args.row_param("method", method, batch, device, torch.int32, low=codes[0], high=codes[-1])
-    raise TypeError(f"method must be a str, a list of str or a [B] int tensor of codes {METHOD_CODES}, got {type(method).__name__}")
+    raise TypeError(
+        f"method must be a str, a list of str or a [B] int tensor of codes {METHOD_CODES}, got {type(method).__name__}"
+    )
 
 
 def _row_params(batch, device, method, temperature, top_k, top_p, typical_eps, typical_delta, seed, offset):
@@ -350,7 +345,9 @@ def _check_tree(tree, batch: int, nodes: int, vocab: int, device) -> Tree:
         first_child, next_sibling = ref._child_links(arrays["parents"])
         if not (torch.equal(first_child, arrays["first_child"].to(torch.int32))
                 and torch.equal(next_sibling, arrays["next_sibling"].to(torch.int32))):  # fmt: skip
-            raise ValueError("tree.first_child / tree.next_sibling do not match tree.parents; build trees with build_tree")
+            raise ValueError(
+                "tree.first_child / tree.next_sibling do not match tree.parents; build trees with build_tree"
+            )
         depth = ref._depths(arrays["parents"]).max()
         if int(depth) > tree.max_depth:
             raise ValueError(f"tree.max_depth={tree.max_depth} is below the tree's depth {int(depth)}")
@@ -434,7 +431,9 @@ def _check_parents(name: str, parents: torch.Tensor) -> None:
     bad = (rest < -1) | (rest >= nodes)
     if bool(bad.any()):
         b, i = (bad.nonzero()[0]).tolist()
-        raise ValueError(f"{name} out of range: node {i + 1} of row {b} has parent {int(rest[b, i])}, allowed [0, {i + 1})")
+        raise ValueError(
+            f"{name} out of range: node {i + 1} of row {b} has parent {int(rest[b, i])}, allowed [0, {i + 1})"
+        )
     late = rest >= own
     if bool(late.any()):
         b, i = (late.nonzero()[0]).tolist()
