@@ -215,7 +215,9 @@ def test_greedy_chain_equals_greedy_decoding(backend):
     logits = _chain_logits(model, tokens[:, 1:])
     methods = ["greedy" if r % 2 else "lossless" for r in range(batch)]
     temperature = torch.tensor([1.0 if r % 2 else 0.0 for r in range(batch)])  # lossless at T=0 is greedy
-    out = ops.verify_chain(logits, tokens[:, 1:], None, method=methods, temperature=temperature, seed=1, backend=backend)
+    out = ops.verify_chain(
+        logits, tokens[:, 1:], None, method=methods, temperature=temperature, seed=1, backend=backend
+    )
     for row in range(batch):
         match = 0
         while match < 4 and int(tokens[row, match + 1]) == greedy[match]:
@@ -462,7 +464,8 @@ def test_invalid_rows_match_reference(kernel_case):
     logits[2, 3, 0] = float("inf")
     logits[3, 2, 5] = float("nan")
     want = ref.verify_chain(logits, draft, q, seed=torch.arange(rows))
-    got = ops.verify_chain(logits.to(device), draft.to(device), q.to(device), seed=torch.arange(rows, device=device), backend=backend)
+    seed = torch.arange(rows, device=device)
+    got = ops.verify_chain(logits.to(device), draft.to(device), q.to(device), seed=seed, backend=backend)
     _assert_same(got, want)
     assert not bool(want.valid.all())
 
@@ -477,7 +480,8 @@ def test_batch_invariance_and_seeds(backend_case):
     seeds = torch.arange(rows, device=device) * 1009
     together = ops.verify_chain(logits, draft, q, seed=seeds, offset=3, backend=backend)
     for row in (0, rows - 1):
-        alone = ops.verify_chain(logits[row : row + 1], draft[row : row + 1], q[row : row + 1], seed=seeds[row : row + 1], offset=3, backend=backend)
+        one = slice(row, row + 1)
+        alone = ops.verify_chain(logits[one], draft[one], q[one], seed=seeds[one], offset=3, backend=backend)
         assert torch.equal(alone.tokens[0], together.tokens[row])
     again = ops.verify_chain(logits, draft, q, seed=seeds, offset=3, backend=backend)
     assert torch.equal(again.tokens, together.tokens)
@@ -606,7 +610,8 @@ def test_chain_equals_verify_tree_on_the_path_tree(backend_case):
     out = ops.verify_tree(logits.to(device), tree, q_tree, backend=backend, **params)
     assert torch.equal(chain.tokens, out.tokens)
     assert torch.equal(chain.num_accepted, out.num_accepted)
-    expected_path = torch.where(torch.arange(n + 1, device=device) <= out.num_accepted.unsqueeze(-1).long(), torch.arange(n + 1, device=device), -1)
+    nodes = torch.arange(n + 1, device=device)
+    expected_path = torch.where(nodes <= out.num_accepted.unsqueeze(-1).long(), nodes, -1)
     assert torch.equal(out.accepted_nodes.long(), torch.where(out.valid.unsqueeze(-1), expected_path, -1))
 
 
@@ -614,5 +619,7 @@ def test_check_draft_probs_false_skips_the_value_check():
     args = _chain_args(draft_probs=torch.full((2, 2, 8), 1 / 4))
     with pytest.raises(ValueError, match="draft_probs"):
         ops.verify_chain(args["target_logits"], args["draft_tokens"], args["draft_probs"], backend="reference")
-    out = ops.verify_chain(args["target_logits"], args["draft_tokens"], args["draft_probs"], check_draft_probs=False, backend="reference")
+    out = ops.verify_chain(
+        args["target_logits"], args["draft_tokens"], args["draft_probs"], check_draft_probs=False, backend="reference"
+    )
     assert out.valid.all()
