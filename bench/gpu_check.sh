@@ -26,4 +26,6 @@ timeout 150 python -m decodekit.cli bench sampling --device cuda --out "$OUT" 2>
 timeout 120 python -m decodekit.cli bench paged_kv --device cuda --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_paged_kv.txt"
 # denoise: GB/s of reading the bf16 logits vs the copy ceiling (issue 4 target: >= 70% at B=8, W=256)
 timeout 150 python -m decodekit.cli bench denoise --device cuda --out "$OUT" 2>&1 | tail -50 | tee "$OUT/bench_denoise.txt"
+# spec_verify: chain B=64 n=8 and tree B=16 N=64, V=32000 / 128256, cuda + triton + torch baselines
+timeout 120 python -m decodekit.cli bench spec_verify --device cuda --quick --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_spec_verify.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"

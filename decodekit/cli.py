@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="run a microbenchmark (e.g. `decodekit bench sampling --quick`)")
-    bench.add_argument("family", choices=["sampling", "denoise", "paged_kv"], help="op family to benchmark")
+    bench.add_argument(
+        "family", choices=["sampling", "spec_verify", "denoise", "paged_kv"], help="op family to benchmark"
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@
 #include "paged_kv.h"
 #include "denoise.h"
 #include "sampling.h"
+#include "spec_verify.h"
 
 namespace py = pybind11;
 
@@ -45,4 +46,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k"), py::arg("tau"), py::arg("factor"), py::arg("p_transfer"),
         py::arg("span_ids"), py::arg("seed"), py::arg("offset"), py::arg("committed_out"),
         py::arg("num_committed_out"));
+  m.def("verify_chain", &decodekit::cpu::verify_chain, release_gil, py::arg("target_logits"),
+        py::arg("draft_tokens"), py::arg("draft_probs"), py::arg("has_draft_probs"),
+        py::arg("method"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+        py::arg("typical_eps"), py::arg("typical_delta"), py::arg("seed"), py::arg("offset"),
+        py::arg("tokens_out"), py::arg("num_accepted_out"), py::arg("num_emitted_out"),
+        py::arg("valid_out"));
+  m.def("verify_tree", &decodekit::cpu::verify_tree, release_gil, py::arg("target_logits"),
+        py::arg("tokens"), py::arg("first_child"), py::arg("next_sibling"),
+        py::arg("draft_probs"), py::arg("has_draft_probs"), py::arg("method"),
+        py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("typical_eps"),
+        py::arg("typical_delta"), py::arg("seed"), py::arg("offset"),
+        py::arg("accepted_nodes_out"), py::arg("tokens_out"), py::arg("num_accepted_out"),
+        py::arg("num_emitted_out"), py::arg("valid_out"));
 }

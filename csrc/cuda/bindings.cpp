@@ -11,11 +11,13 @@
 #include "denoise_launch.h"
 #include "paged_kv_launch.h"
 #include "sampling_launch.h"
+#include "spec_verify_launch.h"
 
 namespace {
 
 namespace dks = decodekit::sampling;
 namespace dkd = decodekit::denoise;
+namespace dksv = decodekit::spec_verify;
 
 void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "decodekit._cuda.", op, ": kernel launch failed: ", cudaGetErrorString(status));
@@ -358,6 +360,114 @@ void denoise_select(const at::Tensor& tokens, const at::Tensor& proposal, const 
                "denoise_select");
 }
 
+// ------------------------------------------------------------------------------------------------
+// spec_verify
+
+// [B, nodes, V] contiguous CUDA tensor of float32 / float16 / bfloat16 within the kernels' int indexing.
+dks::DType check_logits3(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.dim() == 3, name, " must be 3-D [B, nodes, V], got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max() && t.size(1) <= std::numeric_limits<int32_t>::max() &&
+                  t.size(2) <= dks::kMaxColumns,
+              name, " is too large: at most 2^31 - 1 rows and nodes and 2^30 columns, got shape ", t.sizes());
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
+              " must be float32, float16 or bfloat16, got ", type);
+  return type == at::kFloat ? dks::DType::kFloat32 : type == at::kHalf ? dks::DType::kFloat16 : dks::DType::kBFloat16;
+}
+
+// The per-row parameters shared by verify_chain and verify_tree, checked against logits [B, ...].
+dksv::ParamPointers verify_params(const at::Tensor& logits, const at::Tensor& method, const at::Tensor& temperature,
+                                  const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& typical_eps,
+                                  const at::Tensor& typical_delta, const at::Tensor& seed, const at::Tensor& offset) {
+  const int64_t batch = logits.size(0);
+  check_like(method, "method", logits, at::kInt, {batch});
+  check_like(temperature, "temperature", logits, at::kFloat, {batch});
+  check_like(top_k, "top_k", logits, at::kInt, {batch});
+  check_like(top_p, "top_p", logits, at::kFloat, {batch});
+  check_like(typical_eps, "typical_eps", logits, at::kFloat, {batch});
+  check_like(typical_delta, "typical_delta", logits, at::kFloat, {batch});
+  check_like(seed, "seed", logits, at::kLong, {batch});
+  check_like(offset, "offset", logits, at::kLong, {batch});
+  return {method.data_ptr<int32_t>(),     temperature.data_ptr<float>(),   top_k.data_ptr<int32_t>(),
+          top_p.data_ptr<float>(),        typical_eps.data_ptr<float>(),   typical_delta.data_ptr<float>(),
+          seed.data_ptr<int64_t>(),       offset.data_ptr<int64_t>()};
+}
+
+// draft_probs f32 [B, rows, V] when has_draft_probs (its data pointer), else nullptr (the tensor is ignored).
+const float* draft_rows(const at::Tensor& draft_probs, bool has_draft_probs, const at::Tensor& logits, int64_t rows) {
+  if (!has_draft_probs) return nullptr;
+  check_like(draft_probs, "draft_probs", logits, at::kFloat, {logits.size(0), rows, logits.size(2)});
+  return draft_probs.data_ptr<float>();
+}
+
+void verify_chain(const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& draft_probs,
+                  bool has_draft_probs, const at::Tensor& method, const at::Tensor& temperature,
+                  const at::Tensor& top_k, const at::Tensor& top_p, const at::Tensor& typical_eps,
+                  const at::Tensor& typical_delta, const at::Tensor& seed, const at::Tensor& offset,
+                  const at::Tensor& tokens_out, const at::Tensor& num_accepted_out, const at::Tensor& num_emitted_out,
+                  const at::Tensor& valid_out) {
+  const dks::DType dtype = check_logits3(target_logits, "target_logits");
+  const int64_t batch = target_logits.size(0), n = target_logits.size(1) - 1;
+  TORCH_CHECK(n >= 0, "target_logits must have n + 1 >= 1 positions, got shape ", target_logits.sizes());
+  check_like(draft_tokens, "draft_tokens", target_logits, at::kLong, {batch, n});
+  const float* q = draft_rows(draft_probs, has_draft_probs, target_logits, n);
+  const dksv::ParamPointers params = verify_params(target_logits, method, temperature, top_k, top_p, typical_eps,
+                                                   typical_delta, seed, offset);
+  check_like(tokens_out, "tokens_out", target_logits, at::kLong, {batch, n + 1});
+  check_like(num_accepted_out, "num_accepted_out", target_logits, at::kInt, {batch});
+  check_like(num_emitted_out, "num_emitted_out", target_logits, at::kInt, {batch});
+  check_like(valid_out, "valid_out", target_logits, at::kBool, {batch});
+  const c10::cuda::CUDAGuard guard(target_logits.device());
+  check_launch(dksv::launch_verify_chain(target_logits.data_ptr(), dtype, batch, n, target_logits.size(2),
+                                         draft_tokens.data_ptr<int64_t>(), q, params, tokens_out.data_ptr<int64_t>(),
+                                         num_accepted_out.data_ptr<int32_t>(), num_emitted_out.data_ptr<int32_t>(),
+                                         valid_out.data_ptr<bool>(), at::cuda::getCurrentCUDAStream()),
+               "verify_chain");
+}
+
+void verify_tree(const at::Tensor& target_logits, const at::Tensor& tokens, const at::Tensor& first_child,
+                 const at::Tensor& next_sibling, const at::Tensor& draft_probs, bool has_draft_probs,
+                 const at::Tensor& method, const at::Tensor& temperature, const at::Tensor& top_k,
+                 const at::Tensor& top_p, const at::Tensor& typical_eps, const at::Tensor& typical_delta,
+                 const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& accepted_nodes_out,
+                 const at::Tensor& tokens_out, const at::Tensor& num_accepted_out, const at::Tensor& num_emitted_out,
+                 const at::Tensor& valid_out) {
+  const dks::DType dtype = check_logits3(target_logits, "target_logits");
+  const int64_t batch = target_logits.size(0), nodes = target_logits.size(1);
+  TORCH_CHECK(nodes >= 1, "target_logits must have N >= 1 nodes, got shape ", target_logits.sizes());
+  check_like(tokens, "tokens", target_logits, at::kLong, {batch, nodes});
+  check_like(first_child, "first_child", target_logits, at::kInt, {batch, nodes});
+  check_like(next_sibling, "next_sibling", target_logits, at::kInt, {batch, nodes});
+  const float* q = draft_rows(draft_probs, has_draft_probs, target_logits, nodes);
+  const dksv::ParamPointers params = verify_params(target_logits, method, temperature, top_k, top_p, typical_eps,
+                                                   typical_delta, seed, offset);
+  TORCH_CHECK(tokens_out.dim() == 2 && tokens_out.size(0) == batch && tokens_out.size(1) >= 1 &&
+                  tokens_out.size(1) <= std::numeric_limits<int32_t>::max(),
+              "tokens_out must have shape [B, W] with B = ", batch, " and W >= 1, got ", tokens_out.sizes());
+  const int64_t width = tokens_out.size(1);
+  check_like(tokens_out, "tokens_out", target_logits, at::kLong, {batch, width});
+  check_like(accepted_nodes_out, "accepted_nodes_out", target_logits, at::kInt, {batch, width});
+  check_like(num_accepted_out, "num_accepted_out", target_logits, at::kInt, {batch});
+  check_like(num_emitted_out, "num_emitted_out", target_logits, at::kInt, {batch});
+  check_like(valid_out, "valid_out", target_logits, at::kBool, {batch});
+  const c10::cuda::CUDAGuard guard(target_logits.device());
+  // Scratch for the rejection steps of nodes with many children (none for trees of <= 65 nodes);
+  // the caching allocator hands it out without a device sync.
+  const int64_t workspace_bytes = dksv::verify_tree_workspace_bytes(batch, nodes);
+  at::Tensor workspace;
+  if (workspace_bytes > 0) workspace = at::empty({workspace_bytes}, target_logits.options().dtype(at::kByte));
+  check_launch(dksv::launch_verify_tree(target_logits.data_ptr(), dtype, batch, nodes, target_logits.size(2),
+                                        tokens.data_ptr<int64_t>(), first_child.data_ptr<int32_t>(),
+                                        next_sibling.data_ptr<int32_t>(), q, params,
+                                        accepted_nodes_out.data_ptr<int32_t>(), tokens_out.data_ptr<int64_t>(), width,
+                                        num_accepted_out.data_ptr<int32_t>(), num_emitted_out.data_ptr<int32_t>(),
+                                        valid_out.data_ptr<bool>(), workspace_bytes > 0 ? workspace.data_ptr() : nullptr,
+                                        at::cuda::getCurrentCUDAStream()),
+               "verify_tree");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -408,4 +518,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("block_start"), py::arg("block_end"), py::arg("mask_id"), py::arg("select_mode"), py::arg("k"),
         py::arg("tau"), py::arg("factor"), py::arg("p_transfer"), py::arg("span_ids"), py::arg("seed"),
         py::arg("offset"), py::arg("committed_out"), py::arg("num_committed_out"));
+  m.def("verify_chain", &verify_chain,
+        "Verify draft chains draft_tokens i64[B, n] against target_logits [B, n+1, V] (f32/f16/bf16) into "
+        "tokens_out i64[B, n+1], num_accepted_out / num_emitted_out i32[B], valid_out bool[B].",
+        py::arg("target_logits"), py::arg("draft_tokens"), py::arg("draft_probs"), py::arg("has_draft_probs"),
+        py::arg("method"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("typical_eps"),
+        py::arg("typical_delta"), py::arg("seed"), py::arg("offset"), py::arg("tokens_out"),
+        py::arg("num_accepted_out"), py::arg("num_emitted_out"), py::arg("valid_out"));
+  m.def("verify_tree", &verify_tree,
+        "Verify token trees (tokens i64[B, N], first_child / next_sibling i32[B, N]) against target_logits "
+        "[B, N, V] into accepted_nodes_out i32[B, W], tokens_out i64[B, W], num_accepted_out / num_emitted_out "
+        "i32[B], valid_out bool[B].",
+        py::arg("target_logits"), py::arg("tokens"), py::arg("first_child"), py::arg("next_sibling"),
+        py::arg("draft_probs"), py::arg("has_draft_probs"), py::arg("method"), py::arg("temperature"),
+        py::arg("top_k"), py::arg("top_p"), py::arg("typical_eps"), py::arg("typical_delta"), py::arg("seed"),
+        py::arg("offset"), py::arg("accepted_nodes_out"), py::arg("tokens_out"), py::arg("num_accepted_out"),
+        py::arg("num_emitted_out"), py::arg("valid_out"));
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.reference import denoise, paged_kv, rng, sampling
+from decodekit.reference import denoise, paged_kv, rng, sampling, spec_verify
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed, offset, tokens_out, logprobs_out, valid_out):
@@ -104,3 +104,91 @@ def denoise_select(
     tokens.copy_(new_tokens)
     committed_out.copy_(committed)
     num_committed_out.copy_(num_committed)
+
+
+# ----------------------------------------------------------------------------- spec_verify
+
+
+def _draft_probs_or_none(draft_probs, has_draft_probs):
+    return draft_probs if has_draft_probs else None
+
+
+def verify_chain(
+    target_logits,
+    draft_tokens,
+    draft_probs,
+    has_draft_probs,
+    method,
+    temperature,
+    top_k,
+    top_p,
+    typical_eps,
+    typical_delta,
+    seed,
+    offset,
+    tokens_out,
+    num_accepted_out,
+    num_emitted_out,
+    valid_out,
+):
+    result = spec_verify.verify_chain(
+        target_logits,
+        draft_tokens,
+        _draft_probs_or_none(draft_probs, has_draft_probs),
+        method=method,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        typical_eps=typical_eps,
+        typical_delta=typical_delta,
+        seed=seed,
+        offset=offset,
+    )
+    tokens_out.copy_(result.tokens)
+    num_accepted_out.copy_(result.num_accepted)
+    num_emitted_out.copy_(result.num_emitted)
+    valid_out.copy_(result.valid)
+
+
+def verify_tree(
+    target_logits,
+    tokens,
+    first_child,
+    next_sibling,
+    draft_probs,
+    has_draft_probs,
+    method,
+    temperature,
+    top_k,
+    top_p,
+    typical_eps,
+    typical_delta,
+    seed,
+    offset,
+    accepted_nodes_out,
+    tokens_out,
+    num_accepted_out,
+    num_emitted_out,
+    valid_out,
+):
+    result = spec_verify.verify_tree_arrays(
+        target_logits,
+        tokens,
+        first_child,
+        next_sibling,
+        _draft_probs_or_none(draft_probs, has_draft_probs),
+        tokens_out.shape[1],
+        method=method,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        typical_eps=typical_eps,
+        typical_delta=typical_delta,
+        seed=seed,
+        offset=offset,
+    )
+    accepted_nodes_out.copy_(result.accepted_nodes)
+    tokens_out.copy_(result.tokens)
+    num_accepted_out.copy_(result.num_accepted)
+    num_emitted_out.copy_(result.num_emitted)
+    valid_out.copy_(result.valid)
