@@ -32,6 +32,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include "cpu_math.h"
+
 // The hot loops have an AVX2+FMA form (any x86 built with -march=native since Haswell) and a plain
 // form that GCC vectorises elsewhere. The plain dot product ends in a 16-lane horizontal sum per
 // (row, key) that GCC spills to the stack: ~40% of the decode time on Sapphire Rapids.
@@ -206,12 +208,6 @@ inline void axpy_rows(float* acc, const int64_t* rows, int64_t count, const floa
   for (; r < count; ++r) {
     for (int k = 0; k < m; ++k) axpy<kD>(acc + rows[r] * n, weights[rows[r] * kChunk + k], values[k], n);
   }
-}
-
-inline float bits_to_float(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
 }
 
 // e^x for softmax weights (x = score - running max <= 0). glibc's expf is a scalar call without
@@ -654,20 +650,6 @@ void run_attention(const Attention& a, const at::Tensor& q, const at::Tensor& k_
       merge_splits<T>(a, a.tiles[split_tiles[i]], scratch.data(), out_data);
     }
   });
-}
-
-template <typename Fn>
-void dispatch_float_types(const at::Tensor& t, const char* op, Fn&& fn) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kHalf:
-      return fn(c10::Half{});
-    case at::kBFloat16:
-      return fn(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  }
 }
 
 // Runs fn(std::integral_constant<int, kD>) with kD = D for the common head sizes (unrolled
