@@ -53,15 +53,17 @@ DK_ALWAYS_INLINE float select(bool condition, float if_true, float if_false) {
   return bits_to_float((float_to_bits(if_true) & mask) | (float_to_bits(if_false) & ~mask));
 }
 
-// exp(x) within 1.5 ulp for x in [-87, 88] (callers pass z - z_max <= 0); -inf -> 0, NaN -> NaN,
-// x < -87 -> 0 (below FLT_MIN: such masses never change a decision), x > 88 -> inf.
-DK_ALWAYS_INLINE float fast_exp(float x) {
-  constexpr float kLowest = -87.0f, kHighest = 88.0f;
-  const float clamped = x < kLowest ? kLowest : (x > kHighest ? kHighest : x);
+// The domain of exp_polynomial: below it e^x is under FLT_MIN, above it e^x overflows.
+constexpr float kExpLowest = -87.0f;
+constexpr float kExpHighest = 88.0f;
+
+// e^x within 1.5 ulp for x in [kExpLowest, kExpHighest] (callers clamp x; NaN -> NaN): the
+// Cephes polynomial on the reduced argument, times 2^n (n >= -126, a normal power of two).
+DK_ALWAYS_INLINE float exp_polynomial(float x) {
   // Round to nearest by the 1.5 * 2^23 trick: plain arithmetic, so it vectorises everywhere.
   constexpr float kRoundMagic = 12582912.0f;
-  const float n = (clamped * 1.44269504088896341f + kRoundMagic) - kRoundMagic;
-  const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;
+  const float n = (x * 1.44269504088896341f + kRoundMagic) - kRoundMagic;
+  const float r = x - n * 0.693359375f - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -70,7 +72,15 @@ DK_ALWAYS_INLINE float fast_exp(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  float result = p * scale;
+  return p * scale;
+}
+
+// exp(x) within 1.5 ulp for x in [-87, 88] (callers pass z - z_max <= 0); -inf -> 0, NaN -> NaN,
+// x < -87 -> 0 (below FLT_MIN: such masses never change a decision), x > 88 -> inf.
+DK_ALWAYS_INLINE float fast_exp(float x) {
+  constexpr float kLowest = kExpLowest, kHighest = kExpHighest;
+  const float clamped = x < kLowest ? kLowest : (x > kHighest ? kHighest : x);
+  float result = exp_polynomial(clamped);
   result = select(x < kLowest, 0.0f, result);
   result = select(x > kHighest, kInf, result);
   return select(x != x, x, result);
