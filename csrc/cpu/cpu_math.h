@@ -1,6 +1,7 @@
 // Helpers shared by the C++ CPU kernels of every op family: branch-free float math (exp / log
-// polynomials, bit casts, blends), exact fp16 / bf16 -> fp32 conversion, and the float-dtype
-// dispatch of a tensor. Header-only; every function is force-inlined (see DK_ALWAYS_INLINE).
+// polynomials, bit casts, blends), the Gumbel-max pruning bound, exact fp16 / bf16 -> fp32
+// conversion, and the float-dtype dispatch of a tensor. Header-only; the helpers called inside
+// vector loops are force-inlined (see DK_ALWAYS_INLINE).
 //
 // A file that changes GCC's target options for its kernels (denoise.cpp's
 // `#pragma GCC target("prefer-vector-width=512")`) includes this header after the pragma, with the
@@ -8,6 +9,7 @@
 // are inlined into.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -27,8 +29,16 @@ namespace decodekit::cpu {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Largest Gumbel noise -log(-log(u)): u <= 0.99999994 gives 16.6355 with fast_log (checked over
-// the top 5M uniforms); callers add a margin for the rounding of z - log(-log(u)).
+// the top 5M uniforms).
 constexpr double kMaxGumbelNoise = 16.7;
+
+// Smallest tempered logit that can still reach a Gumbel-max score of `bound` (-inf while nothing
+// is drawn): the noise is at most kMaxGumbelNoise, and the margin covers the float rounding of
+// z - log(-log(u)).
+inline float min_competitive_z(float bound) {
+  const double margin = (std::fabs(static_cast<double>(bound)) + kMaxGumbelNoise) * 1e-6;
+  return static_cast<float>(static_cast<double>(bound) - kMaxGumbelNoise - margin);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Branch-free float helpers. libm's expf/logf calls do not vectorise without -ffast-math, so the

@@ -128,12 +128,6 @@ struct PositionResult {
   float confidence;
 };
 
-// Smallest tempered logit that can still reach a score of `bound` (-inf while nothing is drawn).
-inline float min_competitive_z(float bound) {
-  const double margin = (std::fabs(static_cast<double>(bound)) + kMaxGumbelNoise) * 1e-6;
-  return static_cast<float>(static_cast<double>(bound) - kMaxGumbelNoise - margin);
-}
-
 // Online softmax statistics of D: max m, Z = sum exp(y - m), S = sum exp(y - m) (y - m), and the
 // running top-2 of y per lane (the margin's second largest entry, duplicates counted).
 struct SoftmaxStats {

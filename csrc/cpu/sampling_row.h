@@ -450,13 +450,6 @@ TemperedMax largest_non_overflowing(const RowView<T>& row, float floor, float te
 // ---------------------------------------------------------------------------------------------
 // Gumbel-max helpers.
 
-// Smallest tempered logit that can still reach a score of `bound`: the noise is at most
-// kMaxGumbelNoise, and the margin covers the float rounding of z - log(-log(u)).
-inline float min_competitive_z(float bound) {
-  const double margin = (std::fabs(static_cast<double>(bound)) + kMaxGumbelNoise) * 1e-6;
-  return static_cast<float>(static_cast<double>(bound) - kMaxGumbelNoise - margin);
-}
-
 struct ScoredToken {
   float score = -kInf;
   int64_t index = -1;  // -1: no token scored above -inf
