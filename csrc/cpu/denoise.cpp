@@ -44,10 +44,13 @@
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
+// After the pragma (and after the ATen / c10 headers it needs): the shared float helpers get the
+// same target options as the loops here, which they are inlined into.
+#include "cpu_math.h"
+
 namespace decodekit::cpu {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // Values per block: long enough that the per-block bookkeeping (rescale test, reductions, the
@@ -57,120 +60,21 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kLanes = 16;
 static_assert(kBlock % kLanes == 0, "blocks are whole lane groups");
 
-// Largest Gumbel noise -log(-log(u)): u <= 0.99999994 gives 16.6355 with fast_log; the margin in
-// min_competitive_z covers the rounding of z - log(-log(u)).
-constexpr double kMaxGumbelNoise = 16.7;
-
 // Confidence codes of the raw contract.
 enum ConfMode : int64_t { kProb = 0, kMargin = 1, kNegEntropy = 2, kRandom = 3 };
 // Select codes of the raw contract.
 enum SelectMode : int64_t { kTopK = 0, kThreshold = 1, kFactor = 2, kBernoulli = 3 };
 
 // ---------------------------------------------------------------------------------------------
-// Branch-free float helpers. libm's expf/logf do not vectorise without -ffast-math, so the hot
-// loops use Cephes polynomials (~1 ulp, the class of error of torch's own vectorised exp/log).
-
-inline float bits_to_float(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-inline uint32_t float_to_bits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-// Bitwise blend instead of `?:` where an arm is computed: with -ftrapping-math (the default) GCC
-// sinks the computation into a branch and then will not if-convert it, so the loop stays scalar.
-inline float select(bool condition, float if_true, float if_false) {
-  const uint32_t mask = 0u - static_cast<uint32_t>(condition);
-  return bits_to_float((float_to_bits(if_true) & mask) | (float_to_bits(if_false) & ~mask));
-}
-
-// exp(x) within 1.5 ulp for x in [-87, 88]; x < -87 (and -inf) -> 0, x > 88 -> inf, NaN -> NaN.
-inline float fast_exp(float x) {
-  constexpr float kLowest = -87.0f, kHighest = 88.0f;
-  const float clamped = x < kLowest ? kLowest : (x > kHighest ? kHighest : x);
-  constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: round to nearest with plain arithmetic
-  const float n = (clamped * 1.44269504088896341f + kRoundMagic) - kRoundMagic;
-  const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  float result = p * scale;
-  result = select(x < kLowest, 0.0f, result);
-  result = select(x > kHighest, kInf, result);
-  return select(x != x, x, result);
-}
-
-// log(x) within 1.5 ulp for normal x > 0; 0 -> -inf, inf -> inf, negative / NaN -> NaN.
-inline float fast_log(float x) {
-  const uint32_t bits = float_to_bits(x);
-  int32_t exponent = static_cast<int32_t>(bits >> 23) - 126;
-  float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F000000u);  // x = m * 2^exponent, m in [0.5, 1)
-  const bool below_sqrt_half = m < 0.707106781186547524f;
-  exponent -= below_sqrt_half ? 1 : 0;
-  m = select(below_sqrt_half, m + m, m);
-  const float f = m - 1.0f;
-  const float f2 = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  const float e = static_cast<float>(exponent);
-  float result = p * f * f2 + e * -2.12194440e-4f - 0.5f * f2;
-  result = f + result + e * 0.693359375f;
-  result = select(x == 0.0f, -kInf, result);
-  result = select(x == kInf, kInf, result);
-  return select(x >= 0.0f, result, kNaN);
-}
-
-// Monotone integer image of a float (larger float -> larger key, -0.0 == +0.0).
-inline uint32_t orderable_key(float x) {
-  const uint32_t bits = float_to_bits(x + 0.0f);
-  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
-  return bits ^ flip;
-}
-
-// Exact fp16 -> fp32 without branches (the FP16 library's method), so conversion loops vectorise.
-inline float half_bits_to_float(uint16_t half) {
-  const uint32_t w = static_cast<uint32_t>(half) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const float normalized = bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormalized = bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t magnitude =
-      two_w < (1u << 27) ? float_to_bits(denormalized) : float_to_bits(normalized);
-  return bits_to_float(sign | magnitude);
-}
+// Blocks of float32 values, converted exactly from fp16 / bf16 (cpu_math.h).
 
 inline void load_block(const float* src, int64_t n, float* dst) {
   std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
 }
 
-inline void load_block(const c10::Half* src, int64_t n, float* dst) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dst[j] = half_bits_to_float(bits[j]);
-}
+inline void load_block(const c10::Half* src, int64_t n, float* dst) { convert_to_float(src, n, dst); }
 
-inline void load_block(const c10::BFloat16* src, int64_t n, float* dst) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dst[j] = bits_to_float(static_cast<uint32_t>(bits[j]) << 16);
-}
+inline void load_block(const c10::BFloat16* src, int64_t n, float* dst) { convert_to_float(src, n, dst); }
 
 // ---------------------------------------------------------------------------------------------
 // Suppressed token ids: sorted and deduplicated once, shared by every position.
@@ -223,12 +127,6 @@ struct PositionResult {
   int64_t proposal;
   float confidence;
 };
-
-// Smallest tempered logit that can still reach a score of `bound` (-inf while nothing is drawn).
-inline float min_competitive_z(float bound) {
-  const double margin = (std::fabs(static_cast<double>(bound)) + kMaxGumbelNoise) * 1e-6;
-  return static_cast<float>(static_cast<double>(bound) - kMaxGumbelNoise - margin);
-}
 
 // Online softmax statistics of D: max m, Z = sum exp(y - m), S = sum exp(y - m) (y - m), and the
 // running top-2 of y per lane (the margin's second largest entry, duplicates counted).
@@ -536,20 +434,6 @@ PositionResult propose_position(const T* row, const PositionParams& p,
       TORCH_CHECK(false, "denoise_propose: unknown conf_mode ", static_cast<int64_t>(p.conf_mode));
   }
   return {token, confidence};
-}
-
-template <typename Fn>
-void dispatch_float_types(const at::Tensor& t, const char* op, Fn&& fn) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kHalf:
-      return fn(c10::Half{});
-    case at::kBFloat16:
-      return fn(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include "cpu_math.h"
+
 // The hot loops have an AVX2+FMA form (any x86 built with -march=native since Haswell) and a plain
 // form that GCC vectorises elsewhere. The plain dot product ends in a 16-lane horizontal sum per
 // (row, key) that GCC spills to the stack: ~40% of the decode time on Sapphire Rapids.
@@ -208,34 +210,13 @@ inline void axpy_rows(float* acc, const int64_t* rows, int64_t count, const floa
   }
 }
 
-inline float bits_to_float(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
 // e^x for softmax weights (x = score - running max <= 0). glibc's expf is a scalar call without
-// -ffast-math; this Cephes-style polynomial (~2 ulp) is plain arithmetic, so the weight loop
-// vectorises. x < -87 (weights below FLT_MIN, next to the max's weight 1) and x = -inf give 0;
-// NaN stays NaN.
+// -ffast-math; the polynomial of cpu_math.h is plain arithmetic, so the weight loop vectorises.
+// x < -87 (weights below FLT_MIN, next to the max's weight 1) and x = -inf give 0; NaN stays NaN.
+// Cheaper than fast_exp: no upper clamp and no NaN blend, which x <= 0 does not need.
 inline float exp_nonpositive(float x) {
-  constexpr float kLowest = -87.0f;
-  const float clamped = std::max(x, kLowest);
-  // Round to nearest with the 1.5 * 2^23 trick: plain adds, so it vectorises on every ISA.
-  constexpr float kRoundMagic = 12582912.0f;
-  const float n = (clamped * 1.44269504088896341f + kRoundMagic) - kRoundMagic;
-  const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  // n >= -126 here, so the biased exponent is >= 1 (a normal power of two).
-  const float power = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  const float result = p * power;
-  return x < kLowest ? 0.0f : result;
+  const float result = exp_polynomial(std::max(x, kExpLowest));
+  return x < kExpLowest ? 0.0f : result;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,20 +635,6 @@ void run_attention(const Attention& a, const at::Tensor& q, const at::Tensor& k_
       merge_splits<T>(a, a.tiles[split_tiles[i]], scratch.data(), out_data);
     }
   });
-}
-
-template <typename Fn>
-void dispatch_float_types(const at::Tensor& t, const char* op, Fn&& fn) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kHalf:
-      return fn(c10::Half{});
-    case at::kBFloat16:
-      return fn(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  }
 }
 
 // Runs fn(std::integral_constant<int, kD>) with kD = D for the common head sizes (unrolled

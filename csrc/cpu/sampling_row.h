@@ -1,7 +1,8 @@
 // Row-level building blocks shared by the C++ CPU kernels of the sampling and spec_verify
-// families: branch-free float helpers, blocked row views (fp16 / bf16 converted exactly to fp32),
-// the row scan with its top-k candidate buffer, the top-k -> top-p floor of reference/sampling.py's
-// kept_mask, and the dispatch / row-parallel loops. Header-only (templates and inline functions).
+// families: blocked row views (fp16 / bf16 converted exactly to fp32), the row scan with its top-k
+// candidate buffer, the top-k -> top-p floor of reference/sampling.py's kept_mask, and the
+// row-parallel loops. The float helpers and the dtype dispatch they use are in cpu_math.h, shared
+// with the other families. Header-only (templates and inline functions).
 #pragma once
 
 #include <algorithm>
@@ -19,14 +20,9 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
-// The float helpers below run inside `#pragma omp simd` loops, which vectorise only if the call is
-// inlined; GCC's heuristics sometimes kept fast_exp out of line (a scalar call per element, ~3x
-// slower), so inlining is forced.
-#define DK_ALWAYS_INLINE [[gnu::always_inline]] inline
+#include "cpu_math.h"
 
 namespace decodekit::cpu::rows {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Elements per block: small enough that per-block maxima prune the Gumbel draw finely, large
 // enough that the per-block bookkeeping is noise next to the vector loops.
@@ -36,118 +32,18 @@ constexpr int64_t kBlock = 64;
 // go to the radix select) and the radix select's boundary bin (narrowed by digits first).
 constexpr size_t kSortLimit = 2048;
 
-// Largest Gumbel noise -log(-log(u)): u <= 0.99999994 gives 16.6355 with fast_log (checked over
-// the top 5M uniforms); the margin covers the rest.
-constexpr double kMaxGumbelNoise = 16.7;
-
-// ---------------------------------------------------------------------------------------------
-// Branch-free float helpers. libm's expf/logf calls do not vectorise without -ffast-math, so the
-// hot loops use these Cephes polynomials (~1 ulp, the same class of error as torch's own exp/log).
-
-DK_ALWAYS_INLINE float bits_to_float(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-DK_ALWAYS_INLINE uint32_t float_to_bits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-// Bitwise blend instead of `?:` where an arm is computed: with -ftrapping-math (the default) GCC
-// sinks the computation into a branch and then will not if-convert it, so the loop stays scalar.
-DK_ALWAYS_INLINE float select(bool condition, float if_true, float if_false) {
-  const uint32_t mask = 0u - static_cast<uint32_t>(condition);
-  return bits_to_float((float_to_bits(if_true) & mask) | (float_to_bits(if_false) & ~mask));
-}
-
-// exp(x) within 1.5 ulp for x in [-87, 88] (callers pass z - z_max <= 0); -inf -> 0, NaN -> NaN,
-// x < -87 -> 0 (below FLT_MIN: such masses never change a decision), x > 88 -> inf.
-DK_ALWAYS_INLINE float fast_exp(float x) {
-  constexpr float kLowest = -87.0f, kHighest = 88.0f;
-  const float clamped = x < kLowest ? kLowest : (x > kHighest ? kHighest : x);
-  // Round to nearest by the 1.5 * 2^23 trick: plain arithmetic, so it vectorises everywhere.
-  constexpr float kRoundMagic = 12582912.0f;
-  const float n = (clamped * 1.44269504088896341f + kRoundMagic) - kRoundMagic;
-  const float r = clamped - n * 0.693359375f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
-  float result = p * scale;
-  result = select(x < kLowest, 0.0f, result);
-  result = select(x > kHighest, kInf, result);
-  return select(x != x, x, result);
-}
-
-// log(x) within 1.5 ulp for normal x > 0; 0 -> -inf, inf -> inf, negative / NaN -> NaN.
-DK_ALWAYS_INLINE float fast_log(float x) {
-  const uint32_t bits = float_to_bits(x);
-  int32_t exponent = static_cast<int32_t>(bits >> 23) - 126;
-  float m = bits_to_float((bits & 0x007FFFFFu) | 0x3F000000u);  // x = m * 2^exponent, m in [0.5, 1)
-  const bool below_sqrt_half = m < 0.707106781186547524f;
-  exponent -= below_sqrt_half ? 1 : 0;
-  m = select(below_sqrt_half, m + m, m);
-  const float f = m - 1.0f;
-  const float f2 = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  const float e = static_cast<float>(exponent);
-  float result = p * f * f2 + e * -2.12194440e-4f - 0.5f * f2;
-  result = f + result + e * 0.693359375f;
-  result = select(x == 0.0f, -kInf, result);
-  result = select(x == kInf, kInf, result);
-  return select(x >= 0.0f, result, std::numeric_limits<float>::quiet_NaN());
-}
-
-// Monotone integer image of a float (larger float -> larger key, -0.0 == +0.0) for radix select.
-DK_ALWAYS_INLINE uint32_t orderable_key(float x) {
-  const uint32_t bits = float_to_bits(x + 0.0f);
-  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(bits) >> 31) | 0x80000000u;
-  return bits ^ flip;
-}
-
-// Exact fp16 -> fp32 without branches (the FP16 library's method), so conversion loops vectorise.
-DK_ALWAYS_INLINE float half_bits_to_float(uint16_t half) {
-  const uint32_t w = static_cast<uint32_t>(half) << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const float normalized = bits_to_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormalized = bits_to_float((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t magnitude =
-      two_w < (1u << 27) ? float_to_bits(denormalized) : float_to_bits(normalized);
-  return bits_to_float(sign | magnitude);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Row access: blocks of float32 values, converted exactly from fp16 / bf16.
 
 inline const float* load_block(const float* src, int64_t, float*) { return src; }
 
 inline const float* load_block(const c10::Half* src, int64_t n, float* buffer) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) buffer[j] = half_bits_to_float(bits[j]);
+  convert_to_float(src, n, buffer);
   return buffer;
 }
 
 inline const float* load_block(const c10::BFloat16* src, int64_t n, float* buffer) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) buffer[j] = bits_to_float(static_cast<uint32_t>(bits[j]) << 16);
+  convert_to_float(src, n, buffer);
   return buffer;
 }
 
@@ -554,13 +450,6 @@ TemperedMax largest_non_overflowing(const RowView<T>& row, float floor, float te
 // ---------------------------------------------------------------------------------------------
 // Gumbel-max helpers.
 
-// Smallest tempered logit that can still reach a score of `bound`: the noise is at most
-// kMaxGumbelNoise, and the margin covers the float rounding of z - log(-log(u)).
-inline float min_competitive_z(float bound) {
-  const double margin = (std::fabs(static_cast<double>(bound)) + kMaxGumbelNoise) * 1e-6;
-  return static_cast<float>(static_cast<double>(bound) - kMaxGumbelNoise - margin);
-}
-
 struct ScoredToken {
   float score = -kInf;
   int64_t index = -1;  // -1: no token scored above -inf
@@ -575,21 +464,7 @@ struct ScoredToken {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Dispatch.
-
-template <typename Fn>
-void dispatch_float_types(const at::Tensor& t, const char* op, Fn&& fn) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return fn(float{});
-    case at::kHalf:
-      return fn(c10::Half{});
-    case at::kBFloat16:
-      return fn(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  }
-}
+// Row-parallel loops.
 
 // Runs fn(row, workspace) for every row, one workspace per thread. An op that parallelises inside
 // a row (sample's draw) sets `row_uses_threads`: with fewer rows than threads its rows then run

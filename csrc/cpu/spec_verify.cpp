@@ -30,6 +30,7 @@
 
 #include <decodekit/rng.cuh>
 
+#include "cpu_math.h"
 #include "sampling_row.h"
 
 namespace decodekit::cpu {

@@ -23,6 +23,16 @@ void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(status == cudaSuccess, "decodekit._cuda.", op, ": kernel launch failed: ", cudaGetErrorString(status));
 }
 
+// The launchers' code for t's float dtype (float32 / float16 / bfloat16; anything else is an error).
+decodekit::DType float_dtype(const at::Tensor& t, const char* name) {
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
+              " must be float32, float16 or bfloat16, got ", type);
+  return type == at::kFloat  ? decodekit::DType::kFloat32
+         : type == at::kHalf ? decodekit::DType::kFloat16
+                             : decodekit::DType::kBFloat16;
+}
+
 // [B, V] contiguous CUDA matrix of float32 / float16 / bfloat16 whose sizes fit the kernels' int indexing.
 dks::DType check_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
@@ -30,10 +40,7 @@ dks::DType check_matrix(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
   TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max() && t.size(1) <= dks::kMaxColumns, name,
               " is too large: at most 2^31 - 1 rows and 2^30 columns, got shape ", t.sizes());
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", type);
-  return type == at::kFloat ? dks::DType::kFloat32 : type == at::kHalf ? dks::DType::kFloat16 : dks::DType::kBFloat16;
+  return float_dtype(t, name);
 }
 
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, at::ScalarType dtype,
@@ -136,13 +143,6 @@ void philox_uniform(const at::Tensor& seed, const at::Tensor& offset, int64_t st
 
 namespace dkp = decodekit::paged_kv;
 
-dkp::DType kv_dtype(const at::Tensor& t, const char* name) {
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", type);
-  return type == at::kFloat ? dkp::DType::kFloat32 : type == at::kHalf ? dkp::DType::kFloat16 : dkp::DType::kBFloat16;
-}
-
 // A contiguous CUDA tensor on `like`'s device with `dims` dimensions and the given dtype.
 void check_kv(const at::Tensor& t, const char* name, const at::Tensor& like, at::ScalarType dtype, int64_t dims) {
   TORCH_CHECK(t.is_cuda() && t.device() == like.device(), name, " must be on ", like.device(), ", got ", t.device());
@@ -154,7 +154,7 @@ void check_kv(const at::Tensor& t, const char* name, const at::Tensor& like, at:
 void kv_append(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cache, const at::Tensor& v_cache,
                const at::Tensor& slot_mapping) {
   TORCH_CHECK(k_cache.is_cuda(), "k_cache must be a CUDA tensor, got device ", k_cache.device());
-  kv_dtype(k_cache, "k_cache");
+  float_dtype(k_cache, "k_cache");
   const at::ScalarType dtype = k_cache.scalar_type();
   check_kv(k_cache, "k_cache", k_cache, dtype, 4);
   check_kv(v_cache, "v_cache", k_cache, dtype, 4);
@@ -180,7 +180,7 @@ void kv_append(const at::Tensor& k, const at::Tensor& v, const at::Tensor& k_cac
 void kv_copy_blocks(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& src,
                     const at::Tensor& dst) {
   TORCH_CHECK(k_cache.is_cuda(), "k_cache must be a CUDA tensor, got device ", k_cache.device());
-  kv_dtype(k_cache, "k_cache");
+  float_dtype(k_cache, "k_cache");
   check_kv(k_cache, "k_cache", k_cache, k_cache.scalar_type(), 5);
   check_kv(v_cache, "v_cache", k_cache, k_cache.scalar_type(), 5);
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), "v_cache must have the shape of k_cache ", k_cache.sizes(), ", got ",
@@ -202,7 +202,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      int64_t mask_mode, double scale, const at::Tensor& custom_mask, const at::Tensor& mask_indptr,
                      const at::Tensor& out) {
   TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor, got device ", q.device());
-  const dkp::DType dtype = kv_dtype(q, "q");
+  const dkp::DType dtype = float_dtype(q, "q");
   check_kv(q, "q", q, q.scalar_type(), 3);
   check_kv(k_cache, "k_cache", q, q.scalar_type(), 4);
   check_kv(v_cache, "v_cache", q, q.scalar_type(), 4);
@@ -272,12 +272,6 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
 // ------------------------------------------------------------------------------------------------
 // denoise
 
-// A per-row [B] tensor on like's device.
-void check_vector(const at::Tensor& t, const char* name, const at::Tensor& like, at::ScalarType dtype,
-                  int64_t batch) {
-  check_like(t, name, like, dtype, {batch});
-}
-
 void denoise_propose(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& keep_floor,
                      const at::Tensor& suppress_ids, const at::Tensor& seed, const at::Tensor& offset,
                      const at::Tensor& window_start, int64_t conf_mode, int64_t tempered,
@@ -285,25 +279,20 @@ void denoise_propose(const at::Tensor& logits, const at::Tensor& temperature, co
   TORCH_CHECK(logits.is_cuda(), "logits must be a CUDA tensor, got device ", logits.device());
   TORCH_CHECK(logits.dim() == 3, "logits must be 3-D [B, W, V], got shape ", logits.sizes());
   TORCH_CHECK(logits.is_contiguous(), "logits must be contiguous");
-  const at::ScalarType type = logits.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16,
-              "logits must be float32, float16 or bfloat16, got ", type);
+  const dkd::DType dtype = float_dtype(logits, "logits");
   const int64_t batch = logits.size(0), width = logits.size(1), vocab = logits.size(2);
   TORCH_CHECK(batch * width <= std::numeric_limits<int32_t>::max() && vocab <= dkd::kMaxVocab,
               "logits is too large: at most 2^31 - 1 positions (B * W) and 2^30 vocabulary entries, got shape ",
               logits.sizes());
   TORCH_CHECK(conf_mode >= 0 && conf_mode <= 3, "conf_mode must be 0..3, got ", conf_mode);
-  check_vector(temperature, "temperature", logits, at::kFloat, batch);
+  check_like(temperature, "temperature", logits, at::kFloat, {batch});
   if (keep_floor.numel() > 0) check_like(keep_floor, "keep_floor", logits, at::kFloat, {batch, width});
   if (suppress_ids.numel() > 0) check_like(suppress_ids, "suppress_ids", logits, at::kLong, {suppress_ids.numel()});
-  check_vector(seed, "seed", logits, at::kLong, batch);
-  check_vector(offset, "offset", logits, at::kLong, batch);
-  check_vector(window_start, "window_start", logits, at::kLong, batch);
+  check_like(seed, "seed", logits, at::kLong, {batch});
+  check_like(offset, "offset", logits, at::kLong, {batch});
+  check_like(window_start, "window_start", logits, at::kLong, {batch});
   check_like(proposal_out, "proposal_out", logits, at::kLong, {batch, width});
   check_like(confidence_out, "confidence_out", logits, at::kFloat, {batch, width});
-  const dkd::DType dtype = type == at::kFloat  ? dkd::DType::kFloat32
-                           : type == at::kHalf ? dkd::DType::kFloat16
-                                               : dkd::DType::kBFloat16;
   const c10::cuda::CUDAGuard guard(logits.device());
   check_launch(dkd::launch_denoise_propose(
                    logits.data_ptr(), dtype, batch, width, vocab, temperature.data_ptr<float>(),
@@ -333,21 +322,21 @@ void denoise_select(const at::Tensor& tokens, const at::Tensor& proposal, const 
   TORCH_CHECK(select_mode >= 0 && select_mode <= 3, "select_mode must be 0..3, got ", select_mode);
   check_like(proposal, "proposal", tokens, at::kLong, {batch, width});
   check_like(confidence, "confidence", tokens, at::kFloat, {batch, width});
-  check_vector(window_start, "window_start", tokens, at::kLong, batch);
-  check_vector(block_start, "block_start", tokens, at::kLong, batch);
-  check_vector(block_end, "block_end", tokens, at::kLong, batch);
+  check_like(window_start, "window_start", tokens, at::kLong, {batch});
+  check_like(block_start, "block_start", tokens, at::kLong, {batch});
+  check_like(block_end, "block_end", tokens, at::kLong, {batch});
   TORCH_CHECK(k.dim() == 2 && k.size(0) == batch && k.size(1) >= 1 &&
                   k.size(1) <= std::numeric_limits<int32_t>::max(),
               "k must have shape [B, S] with B = ", batch, " and S >= 1, got ", k.sizes());
   check_like(k, "k", tokens, at::kInt, k.sizes());
-  check_vector(tau, "tau", tokens, at::kFloat, batch);
-  check_vector(factor, "factor", tokens, at::kFloat, batch);
-  check_vector(p_transfer, "p_transfer", tokens, at::kFloat, batch);
+  check_like(tau, "tau", tokens, at::kFloat, {batch});
+  check_like(factor, "factor", tokens, at::kFloat, {batch});
+  check_like(p_transfer, "p_transfer", tokens, at::kFloat, {batch});
   if (span_ids.numel() > 0) check_like(span_ids, "span_ids", tokens, at::kInt, {batch, length});
-  check_vector(seed, "seed", tokens, at::kLong, batch);
-  check_vector(offset, "offset", tokens, at::kLong, batch);
+  check_like(seed, "seed", tokens, at::kLong, {batch});
+  check_like(offset, "offset", tokens, at::kLong, {batch});
   check_like(committed_out, "committed_out", tokens, at::kBool, {batch, length});
-  check_vector(num_committed_out, "num_committed_out", tokens, at::kInt, batch);
+  check_like(num_committed_out, "num_committed_out", tokens, at::kInt, {batch});
   const c10::cuda::CUDAGuard guard(tokens.device());
   check_launch(dkd::launch_denoise_select(
                    tokens.data_ptr<int64_t>(), batch, length, proposal.data_ptr<int64_t>(),
@@ -371,10 +360,7 @@ dks::DType check_logits3(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max() && t.size(1) <= std::numeric_limits<int32_t>::max() &&
                   t.size(2) <= dks::kMaxColumns,
               name, " is too large: at most 2^31 - 1 rows and nodes and 2^30 columns, got shape ", t.sizes());
-  const at::ScalarType type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kHalf || type == at::kBFloat16, name,
-              " must be float32, float16 or bfloat16, got ", type);
-  return type == at::kFloat ? dks::DType::kFloat32 : type == at::kHalf ? dks::DType::kFloat16 : dks::DType::kBFloat16;
+  return float_dtype(t, name);
 }
 
 // The per-row parameters shared by verify_chain and verify_tree, checked against logits [B, ...].

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "decodekit/common.cuh"
 #include "decodekit/denoise.cuh"
 #include "denoise_launch.h"
 

@@ -8,11 +8,12 @@
 
 #include <cstdint>
 
+#include "decodekit/common.cuh"
+
 namespace decodekit {
 namespace denoise {
 
-// Element type of the logits buffer.
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using decodekit::DType;  // element type of the float buffers (decodekit/common.cuh)
 
 // Largest V the propose kernel indexes with int (room left for the vector loop's overshoot).
 constexpr int64_t kMaxVocab = int64_t{1} << 30;

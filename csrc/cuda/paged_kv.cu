@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "decodekit/common.cuh"
 #include "decodekit/paged_kv.cuh"
 #include "paged_kv_launch.h"
 
@@ -47,29 +48,6 @@ cudaError_t dispatch_word(int64_t row_bytes, const void* a, const void* b, const
     launch(uint16_t{}, 2);
   } else {
     launch(uint8_t{}, 1);
-  }
-  return cudaGetLastError();
-}
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename Launch>
-cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
-  switch (dtype) {
-    case DType::kFloat32:
-      launch(TypeTag<float>{});
-      break;
-    case DType::kFloat16:
-      launch(TypeTag<__half>{});
-      break;
-    case DType::kBFloat16:
-      launch(TypeTag<__nv_bfloat16>{});
-      break;
-    default:
-      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

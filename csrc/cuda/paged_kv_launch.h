@@ -8,11 +8,12 @@
 
 #include <cstdint>
 
+#include "decodekit/common.cuh"
+
 namespace decodekit {
 namespace paged_kv {
 
-// Element type of q / caches / out.
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using decodekit::DType;  // element type of the float buffers (decodekit/common.cuh)
 
 // k, v [T, Hkv, D] rows of row_bytes; k_cache, v_cache [NB * BS] slots of row_bytes;
 // slot_mapping int64 [T]. Slots outside [0, capacity) are skipped.

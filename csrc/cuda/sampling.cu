@@ -8,36 +8,13 @@
 #include <cstdint>
 #include <limits>
 
+#include "decodekit/common.cuh"
 #include "decodekit/sampling.cuh"
 #include "sampling_launch.h"
 
 namespace decodekit {
 namespace sampling {
 namespace {
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// Calls launch(TypeTag<T>{}) for the element type named by dtype, then reports the launch status.
-template <typename Launch>
-cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
-  switch (dtype) {
-    case DType::kFloat32:
-      launch(TypeTag<float>{});
-      break;
-    case DType::kFloat16:
-      launch(TypeTag<__half>{});
-      break;
-    case DType::kBFloat16:
-      launch(TypeTag<__nv_bfloat16>{});
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
 
 // Rows live in the grid's x dimension and are indexed with int; columns are bounded by kMaxColumns.
 bool fits_launch(int64_t batch, int64_t columns) {

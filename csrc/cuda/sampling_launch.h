@@ -8,11 +8,12 @@
 
 #include <cstdint>
 
+#include "decodekit/common.cuh"
+
 namespace decodekit {
 namespace sampling {
 
-// Element type of the logits / probabilities buffers (the outputs of mask / renorm / penalties match).
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using decodekit::DType;  // element type of the float buffers (decodekit/common.cuh)
 
 // Largest V (or n) the kernels accept: they index inside a row with int, and this bound leaves room
 // for grid-stride increments past the end without overflow. Launchers return cudaErrorInvalidValue beyond it.

@@ -7,35 +7,13 @@
 #include <cstdint>
 #include <limits>
 
+#include "decodekit/common.cuh"
 #include "decodekit/spec_verify.cuh"
 #include "spec_verify_launch.h"
 
 namespace decodekit {
 namespace spec_verify {
 namespace {
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename Launch>
-cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
-  switch (dtype) {
-    case DType::kFloat32:
-      launch(TypeTag<float>{});
-      break;
-    case DType::kFloat16:
-      launch(TypeTag<__half>{});
-      break;
-    case DType::kBFloat16:
-      launch(TypeTag<__nv_bfloat16>{});
-      break;
-    default:
-      return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
 
 // Rows, nodes and output columns are indexed with int inside the kernel, vocab ids too.
 bool fits_launch(int64_t batch, int64_t nodes, int64_t vocab, int64_t width) {
