@@ -19,7 +19,6 @@ Run: ``decodekit bench paged_kv [--quick] [--device cpu|cuda] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -166,12 +165,7 @@ def dispatch_overhead(device: torch.device, dtype: torch.dtype) -> list[harness.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="decodekit bench paged_kv", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no dispatch-overhead rows")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per CPU case")
+    parser = harness.bench_parser("paged_kv", __doc__, "fewer repetitions, no dispatch-overhead rows")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)

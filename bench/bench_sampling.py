@@ -10,7 +10,6 @@ Run: ``decodekit bench sampling [--quick] [--device cpu|cuda] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -102,12 +101,7 @@ def dispatch_overhead(device: torch.device) -> list[harness.Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="decodekit bench sampling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="B=32 only, fewer repetitions")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per CPU case")
+    parser = harness.bench_parser("sampling", __doc__, "B=32 only, fewer repetitions")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -19,7 +19,6 @@ Run: ``decodekit bench spec_verify [--quick] [--device cpu|cuda] [--out DIR]``
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -236,12 +235,7 @@ def run_trees(device, vocabs, modes, reps, batch=16) -> list[harness.Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="decodekit bench spec_verify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="two modes per case, fewer repetitions")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per CPU case")
+    parser = harness.bench_parser("spec_verify", __doc__, "two modes per case, fewer repetitions")
     parser.add_argument("--vocab", type=int, nargs="*", default=[32000, 128256])
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import csv
 import dataclasses
 import itertools
@@ -63,6 +65,17 @@ class Row:
             "% of copy": "" if self.pct_of_ceiling is None else round(self.pct_of_ceiling, 1),
             "speedup vs baseline": "" if self.speedup is None else round(self.speedup, 2),
         }
+
+
+def bench_parser(family: str, doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """The options every ``decodekit bench <family>`` takes: --quick, --device, --out, --reps."""
+    parser = argparse.ArgumentParser(prog=f"decodekit bench {family}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per CPU case")
+    return parser
 
 
 def device_name(device: torch.device) -> str:
