@@ -11,11 +11,6 @@
 //     the best score so far (the noise -log(-log u) is at most kMaxGumbelNoise).
 // No [W, V] probabilities are ever formed. denoise_select is one task per canvas row: gather the
 // eligible window positions, sort them by (group, confidence descending, position), apply the rule.
-// GCC 12 reports -Wmaybe-uninitialized inside avx512fintrin.h (its _mm512_undefined_* helpers,
-// GCC bug 105593) wherever the AVX-512 intrinsics below are inlined.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 #include "denoise.h"
 
@@ -47,6 +42,7 @@
 // After the pragma (and after the ATen / c10 headers it needs): the shared float helpers get the
 // same target options as the loops here, which they are inlined into.
 #include "cpu_math.h"
+#include "philox_simd.h"
 
 namespace decodekit::cpu {
 namespace {
@@ -209,42 +205,6 @@ struct GumbelDraw {
   int64_t index = -1;
 };
 
-#if defined(__AVX512F__)
-// High 32 bits of the 32x32-bit products of 16 lanes: the even lanes' 64-bit products shifted
-// down, blended with the odd lanes' (already in the high halves).
-inline __m512i mulhi_epu32(__m512i a, __m512i b) {
-  const __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(a, b), 32);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-  return _mm512_mask_blend_epi32(0xAAAA, even, odd);
-}
-
-// rng.cuh's philox_uniform for 16 counters c0 sharing seed, c1, c2 (stream) and c3: the same
-// rounds and uint32 -> float mapping, 16 lanes at a time (GCC's auto-vectorisation of the 64-bit
-// products is about 4x slower).
-inline __m512 philox_uniform16(uint64_t seed, uint32_t c1_word, uint32_t c2_word,
-                               uint32_t c3_word, __m512i c0) {
-  const __m512i round_a = _mm512_set1_epi32(static_cast<int32_t>(0xD2511F53u));
-  const __m512i round_b = _mm512_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
-  __m512i c1 = _mm512_set1_epi32(static_cast<int32_t>(c1_word));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int32_t>(c2_word));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int32_t>(c3_word));
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const __m512i old_c0 = c0, old_c2 = c2;
-    c0 = _mm512_xor_si512(_mm512_xor_si512(mulhi_epu32(round_b, old_c2), c1),
-                          _mm512_set1_epi32(static_cast<int32_t>(k0)));
-    c2 = _mm512_xor_si512(_mm512_xor_si512(mulhi_epu32(round_a, old_c0), c3),
-                          _mm512_set1_epi32(static_cast<int32_t>(k1)));
-    c1 = _mm512_mullo_epi32(round_b, old_c2);
-    c3 = _mm512_mullo_epi32(round_a, old_c0);
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  // uint_to_uniform_float: fold the sign (x < 0 -> ~x), convert, scale.
-  const __m512i folded = _mm512_xor_si512(c0, _mm512_srai_epi32(c0, 31));
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(folded), _mm512_set1_ps(4.6566127342e-10f));
-}
-#endif
 
 struct ProposalRandom {
   uint64_t seed;
@@ -253,20 +213,8 @@ struct ProposalRandom {
 
   // u[c] = the PROPOSAL_TOKEN uniform of vocab id begin + lanes[c], for c < count.
   void uniforms(int64_t begin, const int32_t* lanes, int64_t count, float* u) const {
-    const uint32_t base = counter_base + static_cast<uint32_t>(begin);
-    const auto c1 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
-    int64_t c = 0;
-#if defined(__AVX512F__)
-    for (; c + 16 <= count; c += 16) {
-      const __m512i c0 = _mm512_add_epi32(_mm512_loadu_si512(lanes + c),
-                                          _mm512_set1_epi32(static_cast<int32_t>(base)));
-      _mm512_storeu_ps(u + c, philox_uniform16(seed, c1, kStreamProposalToken, c3, c0));
-    }
-#endif
-    for (; c < count; ++c) {
-      u[c] = decodekit::philox_uniform(seed, offset, kStreamProposalToken,
-                                       base + static_cast<uint32_t>(lanes[c]));
-    }
+    philox_uniforms_at(seed, offset, kStreamProposalToken, counter_base + static_cast<uint32_t>(begin), lanes,
+                       count, u);
   }
 };
 

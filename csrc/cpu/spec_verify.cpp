@@ -31,6 +31,7 @@
 #include <decodekit/rng.cuh>
 
 #include "cpu_math.h"
+#include "philox_simd.h"
 #include "sampling_row.h"
 
 namespace decodekit::cpu {
@@ -59,12 +60,9 @@ struct RowParams {
   float coin(int64_t node) const {
     return decodekit::philox_uniform(seed, offset, kStreamAcceptCoin, static_cast<uint32_t>(node));
   }
-  // log(-log(u)) of vocab id i's final-draw uniform; the score is log(r_i) minus this. Forced
-  // inline: called out of line, the draw's Philox loop ran one scalar call per token (~3x slower).
-  DK_ALWAYS_INLINE float log_neg_log_uniform(int64_t i) const {
-    const float u =
-        decodekit::philox_uniform(seed, offset, kStreamResidualToken, static_cast<uint32_t>(i));
-    return fast_log(-fast_log(u));
+  // u[c] = the final-draw uniform of vocab id begin + lanes[c], for c < count.
+  void residual_uniforms(int64_t begin, const int32_t* lanes, int64_t count, float* u) const {
+    philox_uniforms_at(seed, offset, kStreamResidualToken, static_cast<uint32_t>(begin), lanes, count, u);
   }
 };
 
@@ -358,10 +356,12 @@ class Residual {
       count += static_cast<int64_t>((r[j] > 0.0f) & (log_r[j] >= min_log_r));
     }
     const int64_t begin = b * kBlock;
+    alignas(64) float u[kBlock];
+    p.residual_uniforms(begin, lanes, count, u);
     float block_best = -kInf;
 #pragma omp simd reduction(max : block_best)
     for (int64_t c = 0; c < count; ++c) {
-      score[c] = log_r[lanes[c]] - p.log_neg_log_uniform(begin + lanes[c]);
+      score[c] = log_r[lanes[c]] - fast_log(-fast_log(u[c]));
       block_best = score[c] > block_best ? score[c] : block_best;
     }
     // -inf scores (u == 0) never win here; if every eligible token has one, first_eligible decides.
