@@ -1,0 +1,17 @@
+"""Decoders of every generation family, all with ``generate(prompts, *, max_new_tokens, sampling,
+stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)."""
+
+from decodekit.decoders.autoregressive import AutoregressiveDecoder
+from decodekit.decoders.base import Decoder, Request, forward_step
+from decodekit.decoders.params import SamplingParams
+from decodekit.decoders.result import GenerationResult, RequestStats
+
+__all__ = [
+    "AutoregressiveDecoder",
+    "Decoder",
+    "GenerationResult",
+    "Request",
+    "RequestStats",
+    "SamplingParams",
+    "forward_step",
+]
