@@ -3,13 +3,17 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
+from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
+from decodekit.decoders.masked_diffusion import MaskedDiffusionDecoder
 from decodekit.decoders.params import SamplingParams
 from decodekit.decoders.result import GenerationResult, RequestStats
 
 __all__ = [
     "AutoregressiveDecoder",
+    "BlockDiffusionDecoder",
     "Decoder",
     "GenerationResult",
+    "MaskedDiffusionDecoder",
     "Request",
     "RequestStats",
     "SamplingParams",

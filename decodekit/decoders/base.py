@@ -314,6 +314,7 @@ def forward_step(
     custom_mask=None,
     logits: str | torch.Tensor = "last",
     rewrite: bool = False,
+    starts: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run ``model`` on the new tokens of several sequences in one call.
 
@@ -327,14 +328,23 @@ def forward_step(
             or an int64 tensor of row indices.
         rewrite: overwrite the last ``len(new_tokens[b])`` positions in place (diffusion canvases)
             instead of growing the sequences.
+        starts: with ``rewrite``, optionally the first overwritten position of each sequence
+            (positions ``starts[b] ..``, e.g. a block in the middle of a canvas: Fast-dLLM's dual
+            cache); only meaningful with ``mask="full"`` (or None on a bidirectional model), where
+            every row sees all keys of its sequence.
 
     Returns:
         The requested logits rows.
     """
     counts = [len(t) for t in new_tokens]
+    if starts is not None and not rewrite:
+        raise ValueError("starts is only used with rewrite=True")
+    if starts is not None and mask not in (None, "full"):
+        raise ValueError(f"starts (rewriting rows in the middle of a sequence) needs mask='full' or None, got {mask!r}")
     if rewrite:
-        starts = [cache.allocator.length(s) - n for s, n in zip(seq_ids, counts)]
-        meta = cache.rewrite(seq_ids, counts)
+        meta = cache.rewrite(seq_ids, counts, starts=starts)
+        if starts is None:
+            starts = [cache.allocator.length(s) - n for s, n in zip(seq_ids, counts)]
     else:
         starts = [cache.allocator.length(s) for s in seq_ids]
         meta = cache.append(seq_ids, counts)

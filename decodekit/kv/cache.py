@@ -114,18 +114,41 @@ class PagedKVCache:
         return self._metadata(seqs, num_new_tokens, slots, max_blocks)
 
     def rewrite(
-        self, seqs: Sequence[Hashable], q_lens: Sequence[int], *, max_blocks: int | None = None
+        self,
+        seqs: Sequence[Hashable],
+        q_lens: Sequence[int],
+        *,
+        starts: Sequence[int] | None = None,
+        max_blocks: int | None = None,
     ) -> BatchMetadata:
-        """Metadata for overwriting the LAST ``q_lens[b]`` positions of each sequence in place
-        (a masked-diffusion block re-run at every denoising step); shared blocks among them are
-        copied first. The sequences do not grow."""
+        """Metadata for overwriting ``q_lens[b]`` positions of each sequence in place (a masked-
+        diffusion block re-run at every denoising step); shared blocks among them are copied
+        first. The sequences do not grow.
+
+        Args:
+            starts: optional first rewritten position of each sequence: positions
+                ``starts[b] .. starts[b] + q_lens[b] - 1`` (a block in the MIDDLE of a canvas,
+                Fast-dLLM's dual cache). Default: the LAST ``q_lens[b]`` positions. Note that
+                ``paged_attention`` places a request's queries at its last ``q_len`` positions for
+                the ``"causal"`` and ``"custom"`` masks; rows rewritten in the middle are only
+                meaningful under ``mask="full"`` (every query sees all ``seq_lens[b]`` keys).
+        """
         self._check_batch(seqs, q_lens)
+        if starts is not None and len(starts) != len(seqs):
+            raise ValueError(f"starts must have one entry per sequence: {len(seqs)} sequences, {len(starts)} starts")
         writes = []
-        for seq, n in zip(seqs, q_lens):
+        for index, (seq, n) in enumerate(zip(seqs, q_lens)):
             length = self.allocator.length(seq)
-            if n > length:
-                raise ValueError(f"q_lens: sequence {seq!r} has {length} positions, cannot rewrite the last {n}")
-            writes.append((seq, length - n, length))
+            if starts is None:
+                if n > length:
+                    raise ValueError(f"q_lens: sequence {seq!r} has {length} positions, cannot rewrite the last {n}")
+                writes.append((seq, length - n, length))
+                continue
+            start = starts[index]
+            if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= length - n:
+                raise ValueError(f"starts[{index}]: sequence {seq!r} has {length} positions, cannot rewrite "
+                                 f"{n} positions from {start!r}")
+            writes.append((seq, int(start), int(start) + n))
         self._reserve(writes)
         slots = [self.allocator.rewrite_slots(s, start, end) for s, start, end in writes]
         self.flush_copies()
