@@ -198,8 +198,9 @@ class BlockDiffusionDecoder(Decoder):
                       offset=torch.tensor([offsets[r.index] for r in active], dtype=torch.int64, device=dev),
                       proposal="sample" if sampled else "greedy")
         if sampled:
-            kwargs.update(temperature=temperature,
-                          top_k=torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
+            kwargs.update(temperature=temperature)
+        if sampled and any(p.top_k or p.top_p < 1.0 for p in params):  # the filters cost a sort over V
+            kwargs.update(top_k=torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
                           top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev))
         if self.sampler == "first_hitting":
             kwargs.update(confidence="random", select="topk", k=1)

@@ -218,8 +218,9 @@ class MaskedDiffusionDecoder(Decoder):
                       confidence=_CONFIDENCE[cfg.alg if cfg.preset == "dream" else cfg.remasking],
                       tempered_confidence=cfg.preset == "dream")
         if sampled:
-            kwargs.update(temperature=temperature,
-                          top_k=torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
+            kwargs.update(temperature=temperature)
+        if sampled and any(p.top_k or p.top_p < 1.0 for p in params):  # the filters cost a sort over V
+            kwargs.update(top_k=torch.tensor([p.top_k for p in params], dtype=torch.int32, device=dev),
                           top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev))
         if cfg.adaptive:
             if cfg.threshold is not None:
