@@ -65,16 +65,12 @@ class CanvasRunner:
 
     def run(self, items: list[CanvasRows]) -> torch.Tensor:
         """One model call over ``items``; returns ``[sum(len(logit_positions)), V]`` logits in
-        item order. New sequences are allocated and appended; known ones are rewritten."""
+        item order. New sequences are allocated and appended whole; started ones are rewritten
+        over ``[start, end)``."""
         fresh = [it for it in items if it.seq_id not in self.started]
-        known = [it for it in items if it.seq_id in self.started]
-        if fresh and known:  # forward_step either appends or rewrites: two calls, rare (staggered starts)
-            first = self.run(fresh)
-            second = self.run(known)
-            order = {id(it): i for i, it in enumerate(fresh + known)}
-            sizes = [len(it.logit_positions) for it in fresh + known]
-            chunks = list(torch.cat([first, second]).split(sizes))
-            return torch.cat([chunks[order[id(it)]] for it in items])
+        if fresh and len(fresh) != len(items):
+            raise ValueError("a call either starts new canvases or reruns started ones, not both "
+                             "(forward_step appends or rewrites); start every canvas in the first call")
         rewrite = not fresh
         rows, row_index, offset = [], [], 0
         for it in items:

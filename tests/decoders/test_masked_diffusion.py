@@ -91,6 +91,22 @@ def test_fast_dllm_cache(peaked, cache):
         assert c.extra["forward_tokens"] < b.extra["forward_tokens"]
 
 
+@pytest.mark.parametrize("preset,knobs", [("fast_dllm", dict(block_length=4, threshold=0.7)),
+                                          ("dream", dict(steps=8, alg="maskgit_plus"))], ids=["fast_dllm", "dream_shift"])
+def test_caches_exact_on_one_layer_model(preset, knobs):
+    """With one layer a position's K/V depend only on its own token, and inside a block only the
+    block's tokens change: the prefix and dual caches then hold exact K/V, so they must give the
+    no-cache tokens while computing fewer rows (this checks which rows and slots they rerun)."""
+    one = tiny_transformer(V, attention="bidirectional", num_layers=1, init_std=1.5, seed=6)
+    sampling = SamplingParams(temperature=0.5)
+    base = _run(one, preset, 16, sampling, **knobs)
+    for cache in ("prefix", "dual"):
+        cached = _run(one, preset, 16, sampling, cache=cache, **knobs)
+        assert cached.sequences == base.sequences
+        for c, b in zip(cached.stats, base.stats):
+            assert c.extra["forward_tokens"] < b.extra["forward_tokens"]
+
+
 def test_cache_row_counts(model):
     """Rows per request with block refresh, LLaDA schedule (2 steps per block): none recomputes
     the canvas every step, prefix the block + suffix, dual the block only."""
