@@ -28,7 +28,7 @@ import torch
 from decodekit import ops
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.canvas import (
-    FORWARD_TOKENS, Canvases, check_gen_length, check_mask_id, finish_canvas, stop_cut,
+    FORWARD_TOKENS, Canvases, check_gen_length, check_mask_id, check_sampling, finish_canvas, stop_cut,
 )
 
 SAMPLERS = ("first_hitting", "ddpm")
@@ -84,6 +84,7 @@ class BlockDiffusionDecoder(Decoder):
     def _requests(self, prompts, max_new_tokens, sampling, stop_token_ids, seed):
         requests = super()._requests(prompts, max_new_tokens, sampling, stop_token_ids, seed)
         check_gen_length(requests, max_new_tokens, self.model.max_positions)
+        check_sampling(requests)
         if max_new_tokens % self.block_length:
             raise ValueError(f"block_length={self.block_length} must divide max_new_tokens={max_new_tokens}")
         return requests

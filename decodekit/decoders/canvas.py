@@ -157,6 +157,16 @@ def check_gen_length(requests: list[Request], gen_length: int, max_positions: in
                              f"{max_positions}")
 
 
+def check_sampling(requests: list[Request]) -> None:
+    """ValueError for sampling knobs the diffusion decoders do not apply (penalties, min_p):
+    ``denoise_step`` proposes with temperature, top-k and top-p only."""
+    for r in requests:
+        p = r.sampling
+        if p.has_penalties or p.min_p > 0:
+            raise ValueError(f"sampling for prompts[{r.index}] sets min_p or a penalty; diffusion decoders use "
+                             "temperature, top_k and top_p only")
+
+
 def check_mask_id(mask_token_id, vocab_size: int) -> int:
     if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id must be a token id in [0, {vocab_size}), got {mask_token_id!r}")

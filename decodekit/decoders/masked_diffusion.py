@@ -37,7 +37,7 @@ import torch
 from decodekit import ops
 from decodekit.decoders.base import Decoder, Request
 from decodekit.decoders.canvas import (
-    CanvasRows, CanvasRunner, Canvases, check_gen_length, check_mask_id, finish_canvas, stop_cut,
+    CanvasRows, CanvasRunner, Canvases, check_gen_length, check_mask_id, check_sampling, finish_canvas, stop_cut,
 )
 from decodekit.decoders.diffusion_presets import DiffusionConfig, make_config
 
@@ -119,6 +119,7 @@ class MaskedDiffusionDecoder(Decoder):
     def _requests(self, prompts, max_new_tokens, sampling, stop_token_ids, seed):
         requests = super()._requests(prompts, max_new_tokens, sampling, stop_token_ids, seed)
         check_gen_length(requests, max_new_tokens, self.model.max_positions)
+        check_sampling(requests)
         self.block_length, self.steps_per_block = self.config.plan(max_new_tokens)
         if self.config.shift_logits and any(len(r.prompt) < 1 for r in requests):
             raise ValueError("shift_logits needs a prompt of at least one token")
@@ -169,7 +170,8 @@ class MaskedDiffusionDecoder(Decoder):
         hi = lo + self.block_length
         shift = 1 if cfg.shift_logits else 0
         positions = range(lo - shift, hi - shift)
-        refresh = slot.step_in_block == 0 or (cfg.refresh_every is not None and slot.step_in_block % cfg.refresh_every == 0)
+        every = cfg.refresh_every
+        refresh = slot.step_in_block == 0 or (every is not None and slot.step_in_block % every == 0)
         if cfg.cache == "none" or refresh:
             start, end = 0, p + g
         elif cfg.cache == "prefix":

@@ -92,7 +92,8 @@ def test_fast_dllm_cache(peaked, cache):
 
 
 @pytest.mark.parametrize("preset,knobs", [("fast_dllm", dict(block_length=4, threshold=0.7)),
-                                          ("dream", dict(steps=8, alg="maskgit_plus"))], ids=["fast_dllm", "dream_shift"])
+                                          ("dream", dict(steps=8, alg="maskgit_plus"))],
+                         ids=["fast_dllm", "dream_shift"])
 def test_caches_exact_on_one_layer_model(preset, knobs):
     """With one layer a position's K/V depend only on its own token, and inside a block only the
     block's tokens change: the prefix and dual caches then hold exact K/V, so they must give the
@@ -183,6 +184,8 @@ def test_bad_inputs(model):
     with pytest.raises(ValueError, match="steps"):
         decoder.generate(PROMPTS, max_new_tokens=8)
     decoder = MaskedDiffusionDecoder(model, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="penalty"):
+        decoder.generate(PROMPTS, max_new_tokens=8, sampling=SamplingParams(repetition_penalty=1.2))
     with pytest.raises(ValueError, match="context"):
         decoder.generate([[1] * 250], max_new_tokens=8)
 
