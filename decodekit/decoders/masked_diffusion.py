@@ -57,6 +57,7 @@ class _Slot:
     k_table: torch.Tensor | None = None  # [steps] commits per step of the current block (top-k rules)
     logits: torch.Tensor | None = None  # last block logits [W, V] (mdlm ddpm_cache)
     changed: bool = True
+    canvas: list | None = None  # the canvas as read back after the last step (host copy)
 
     @property
     def seq_id(self):
@@ -136,7 +137,7 @@ class MaskedDiffusionDecoder(Decoder):
         runner = CanvasRunner(self, model, cache)
         canvases = Canvases(len(requests), gen_length, self.mask_id, model.device)
         seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64, device=model.device)
-        slots = [_Slot(r, r.index) for r in requests]
+        slots = [_Slot(r, r.index, canvas=[self.mask_id] * gen_length) for r in requests]
         for s in slots:
             self._start_block(s, canvases)
         total_steps = self._total_steps(gen_length)
@@ -186,12 +187,11 @@ class MaskedDiffusionDecoder(Decoder):
         reuse = cfg.preset == "mdlm" and cfg.predictor == "ddpm_cache"
         need = [s for s in active if not (reuse and s.logits is not None and not s.changed)]
         if need:
-            rows = canvases.tokens[[s.row for s in need]].tolist()
             items = []
-            for s, canvas in zip(need, rows):
-                items.append(self._rows(s, s.seq_id, s.request.prompt, canvas))
+            for s in need:
+                items.append(self._rows(s, s.seq_id, s.request.prompt, s.canvas))
                 if cfg.cfg_scale > 0:
-                    items.append(self._rows(s, s.uncond_id, [self.mask_id] * len(s.request.prompt), canvas))
+                    items.append(self._rows(s, s.uncond_id, [self.mask_id] * len(s.request.prompt), s.canvas))
             logits = runner.run(items).float()
             width = self.block_length
             per = logits.view(len(need), -1, width, logits.shape[-1])
@@ -259,6 +259,7 @@ class MaskedDiffusionDecoder(Decoder):
         still = []
         for s, row in zip(active, host):
             canvas, committed, bad = row[:-2], row[-2], row[-1]
+            s.canvas = canvas
             r = s.request
             r.stats.extra["steps"] = r.stats.extra.get("steps", 0) + 1
             r.stats.extra["committed_tokens"] = r.stats.extra.get("committed_tokens", 0) + committed
