@@ -3,6 +3,7 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
+from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.params import SamplingParams
 from decodekit.decoders.result import GenerationResult, RequestStats
 
@@ -10,6 +11,7 @@ __all__ = [
     "AutoregressiveDecoder",
     "Decoder",
     "GenerationResult",
+    "MaskPredictDecoder",
     "Request",
     "RequestStats",
     "SamplingParams",
