@@ -5,13 +5,18 @@ from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.params import SamplingParams
+from decodekit.decoders.plan import ControlTokens, PlanError
+from decodekit.decoders.planned_diffusion import PlannedDiffusionDecoder
 from decodekit.decoders.result import GenerationResult, RequestStats
 
 __all__ = [
     "AutoregressiveDecoder",
+    "ControlTokens",
     "Decoder",
     "GenerationResult",
     "MaskPredictDecoder",
+    "PlanError",
+    "PlannedDiffusionDecoder",
     "Request",
     "RequestStats",
     "SamplingParams",

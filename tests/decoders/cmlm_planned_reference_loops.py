@@ -90,3 +90,130 @@ def mask_predict(model, prompt, mask_id, iterations, lengths, *, temperature=0.0
             canvas = canvas[: i + 1]
             break
     return canvas, lengths[best], [o[0] for o in outcomes]
+
+
+# ---------------------------------------------------------------------------- Planned Diffusion
+
+
+class ScriptedPlanner:
+    """A model wrapper that forces a plan: the row at position p of request i gets +``bonus`` on
+    ``scripts[i][p + 1]`` (the token the script wants next); every other logit is the model's.
+    Request i is read from the sequence id ``(..., i)`` (decoders use ``("decodekit", i)``)."""
+
+    def __init__(self, model, scripts: dict, bonus: float = 60.0):
+        self.model, self.scripts, self.bonus = model, scripts, bonus
+        for name in ("vocab_size", "max_positions", "attention", "supports_custom_mask", "device", "dtype"):
+            setattr(self, name, getattr(model, name))
+
+    def make_cache(self, num_blocks, block_size):
+        return self.model.make_cache(num_blocks, block_size)
+
+    def release(self, seq_ids):
+        self.model.release(seq_ids)
+
+    def forward(self, batch):
+        rows = batch.logits_rows
+        batch.logits_rows = None
+        logits = self.model.forward(batch).float().clone()
+        cu = batch.cu_seqlens_q.tolist()
+        positions = batch.positions.tolist()
+        for b, seq in enumerate(batch.seq_ids):
+            script = self.scripts.get(seq[-1], {})
+            for row in range(cu[b], cu[b + 1]):
+                if positions[row] + 1 in script:
+                    logits[row, script[positions[row] + 1]] += self.bonus
+        return logits if rows is None else logits.index_select(0, rows)
+
+
+def pasta_visibility(kinds: list) -> torch.Tensor:
+    """The published attention rule over a whole sequence. ``kinds[i]`` is None for a causal
+    token (prompt, plan, sync) or ``(round_start, block)`` for a token of a span: a span token
+    sees everything before its round and its own span; every other token sees all before it."""
+    n = len(kinds)
+    visible = torch.zeros(n, n, dtype=torch.bool)
+    for i, kind in enumerate(kinds):
+        for j in range(n):
+            if kind is None:
+                visible[i, j] = j <= i
+            else:
+                visible[i, j] = j < kind[0] or kinds[j] == kind
+    return visible
+
+
+def simple_plan_lengths(segment, span_start, span_end, digits, scale=10):
+    """Lengths of a WELL-FORMED plan segment: first 1-2 digits inside each promise, times scale."""
+    lengths, inside, number, count = [], False, 0, -1
+    for token in segment:
+        if token == span_start:
+            inside, number, count = True, 0, 0
+        elif token == span_end:
+            lengths.append(number * scale)
+            inside = False
+        elif inside and token in digits and 0 <= count < 2:
+            number, count = number * 10 + digits.index(token), count + 1
+        elif inside and count > 0:
+            count = -1  # the number is over
+    return lengths
+
+
+def planned_diffusion(model, prompt, index, *, mask_id, span_start, span_end, async_start, async_end, sync, digits,
+                      stop_ids, max_new_tokens, length_scale=10, steps_ratio=1.0, eps=1e-3, shift=True, suppress=()):
+    """Greedy planned diffusion for request ``index`` of a ScriptedPlanner (pd_entropy), every
+    call over the whole sequence."""
+    seq, kinds, out, segment_start = list(prompt), [None] * len(prompt), [], 0
+
+    def logits_of(tokens, token_kinds):
+        batch_model = model.model
+        scripts = model.scripts.get(index, {})
+        logits = full_logits(batch_model, tokens, pasta_visibility(token_kinds))
+        for p in range(len(tokens)):
+            if p + 1 in scripts:
+                logits[p, scripts[p + 1]] += model.bonus
+        return logits
+
+    while len(out) < max_new_tokens:
+        token = int(logits_of(seq, kinds)[-1].argmax())
+        lengths = simple_plan_lengths(out[segment_start:], span_start, span_end, digits, length_scale)
+        if (token == sync or token in stop_ids) and lengths:
+            round_start = len(seq)
+            rows, row_kinds, spans = [], [], []
+            for b, n in enumerate(lengths):
+                spans.append(list(range(len(rows) + 1, len(rows) + 1 + n)))
+                rows += [async_start] + [mask_id] * n + [async_end]
+                row_kinds += [(round_start, b)] * (n + 2)
+            if token == sync:
+                rows.append(sync)
+                row_kinds.append(None)
+            steps = max(1, int(max(lengths) * steps_ratio))
+            t = torch.linspace(1, eps, steps + 1)
+            for i in range(steps):
+                logits = logits_of(seq + rows, kinds + row_kinds)[round_start:]
+                logits[:, list(suppress)] = NEG_INF
+                probs = torch.softmax(logits, -1)
+                x0 = probs.argmax(-1)
+                confidence = torch.sum(probs * torch.log(probs + 1e-10), -1)
+                ratio = 1 - t[i + 1] / t[i] if i < steps - 1 else 1.0
+                for positions in spans:
+                    masked = [p for p in positions if rows[p] == mask_id]
+                    if not masked:
+                        continue
+                    k = min(len(masked), max(1, int(len(masked) * ratio)))
+                    source = (lambda p: p - 1) if shift else (lambda p: p)
+                    best = sorted(masked, key=lambda p: (-float(confidence[source(p)]), p))[:k]
+                    for p in best:
+                        rows[p] = int(x0[source(p)])
+            seq += rows
+            kinds += row_kinds
+            out += rows if token == sync else rows + [token]
+            segment_start = len(out)
+            if token != sync:
+                break
+            continue
+        out.append(token)
+        seq.append(token)
+        kinds.append(None)
+        if token == sync:
+            segment_start = len(out)
+        if token in stop_ids:
+            break
+    return out[:max_new_tokens]
