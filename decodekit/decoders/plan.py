@@ -74,8 +74,7 @@ class ControlTokens:
             if value in seen:
                 raise ValueError(f"control.{name} = {value} collides with {seen[value]}; control ids, digits and "
                                  "the mask id must be distinct")
-            seen[value] = f"control.{name}" if name != "mask_token_id" else name
-        return None
+            seen[value] = f"control.{name}"
 
 
 def parse_plan(tokens: Sequence[int], control: ControlTokens, mask_id: int, *, length_scale: float = 10,
@@ -150,7 +149,7 @@ def build_scaffold(lengths: Sequence[int], control: ControlTokens, mask_id: int,
                    sync: bool) -> Scaffold:
     """The rows ``async_start, mask x n, async_end`` per span (then ``sync`` if asked), cut
     after ``budget`` rows: a span cut by the budget keeps the masks that fit."""
-    tokens, span_ids, blocks, kept = [], [], [], []
+    tokens, span_ids, blocks = [], [], []
     for s, n in enumerate(lengths):
         start = len(tokens)
         tokens += [control.async_start] + [mask_id] * n + [control.async_end]

@@ -28,10 +28,9 @@ import torch
 
 from decodekit import ops
 from decodekit.decoders.autoregressive import TokenSampler
-from decodekit.decoders.base import Decoder, Request, forward_step
+from decodekit.decoders.base import Decoder, Request
 from decodekit.decoders.mask_predict import DenoiseSampling, check_denoise_sampling
-from decodekit.decoders.plan import (ControlTokens, PlanError, Scaffold, build_scaffold, parse_plan,
-                                     round_attention_mask)
+from decodekit.decoders.plan import ControlTokens, PlanError, Scaffold, build_scaffold, parse_plan, round_attention_mask
 
 CONFIDENCES = ("neg_entropy", "prob", "margin")
 ON_BAD_PLAN = ("raise", "autoregressive")
