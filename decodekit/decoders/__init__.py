@@ -4,16 +4,23 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
+from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.masked_diffusion import MaskedDiffusionDecoder
 from decodekit.decoders.params import SamplingParams
+from decodekit.decoders.plan import ControlTokens, PlanError
+from decodekit.decoders.planned_diffusion import PlannedDiffusionDecoder
 from decodekit.decoders.result import GenerationResult, RequestStats
 
 __all__ = [
     "AutoregressiveDecoder",
     "BlockDiffusionDecoder",
+    "ControlTokens",
     "Decoder",
     "GenerationResult",
+    "MaskPredictDecoder",
     "MaskedDiffusionDecoder",
+    "PlanError",
+    "PlannedDiffusionDecoder",
     "Request",
     "RequestStats",
     "SamplingParams",
