@@ -23,6 +23,9 @@ alg                dream: ``"origin"`` (each masked slot revealed w.p. 1 - s/t, 
                    ``"maskgit_plus"`` (top-1 probability), ``"topk_margin"`` (p1 - p2),
                    ``"entropy"`` (negative entropy); confidences under the tempered, top-k/top-p
                    filtered distribution.
+alg_temp           dream, top-k algs: 0/None = commit the k most confident (default); t > 0 =
+                   draw the k positions from ``softmax(confidence / t)`` without replacement
+                   (Dream's ``multinomial``; here Gumbel-top-k in ``denoise_step``).
 eps                dream: 1e-3, mdlm: 1e-5; the time grid ``linspace(1, eps, steps + 1)``.
 shift_logits       dream: True (AR-initialised model: position j uses the logits of j - 1);
                    False elsewhere.
@@ -59,7 +62,7 @@ PREDICTORS = ("ddpm", "ddpm_cache")
 # knobs each preset reads (others raise, so a typo'd combination never silently does nothing)
 _KNOBS = {
     "llada": {"steps", "block_length", "remasking", "cfg_scale", "suppress_token_ids", "cache", "refresh_every"},
-    "dream": {"steps", "alg", "eps", "shift_logits", "suppress_token_ids", "cache", "refresh_every"},
+    "dream": {"steps", "alg", "alg_temp", "eps", "shift_logits", "suppress_token_ids", "cache", "refresh_every"},
     "fast_dllm": {"steps", "block_length", "remasking", "threshold", "factor", "suppress_token_ids", "cache",
                   "refresh_every"},
     "mdlm": {"steps", "eps", "predictor", "noise_removal", "suppress_token_ids", "cache", "refresh_every"},
@@ -84,6 +87,7 @@ class DiffusionConfig:
     cfg_scale: float = 0.0
     suppress_token_ids: tuple = field(default_factory=tuple)
     alg: str = "origin"
+    alg_temp: float = 0.0
     eps: float = 1e-3
     shift_logits: bool = False
     threshold: float | None = None
@@ -142,6 +146,12 @@ def make_config(preset: str, vocab_size: int, **knobs) -> DiffusionConfig:
     cfg = values.get("cfg_scale", 0.0)
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) or cfg < 0:
         raise ValueError(f"cfg_scale must be a finite float >= 0, got {cfg!r}")
+    alg_temp = values.get("alg_temp", 0.0)
+    if isinstance(alg_temp, bool) or not isinstance(alg_temp, (int, float)) or not math.isfinite(alg_temp) \
+            or alg_temp < 0:
+        raise ValueError(f"alg_temp must be a finite float >= 0, got {alg_temp!r}")
+    if alg_temp and values.get("alg") == "origin":
+        raise ValueError("alg_temp applies to the top-k algs (maskgit_plus, topk_margin, entropy), not 'origin'")
     eps = values.get("eps", 1e-3)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")

@@ -81,7 +81,7 @@ class MaskedDiffusionDecoder(Decoder):
         model: a bidirectional model (:class:`decodekit.models.Model`).
         mask_token_id: the mask token, in ``[0, vocab_size)``.
         preset: ``"llada" | "dream" | "fast_dllm" | "mdlm"``.
-        steps, block_length, remasking, cfg_scale, suppress_token_ids, alg, eps, shift_logits,
+        steps, block_length, remasking, cfg_scale, suppress_token_ids, alg, alg_temp, eps, shift_logits,
         threshold, factor, cache, refresh_every, predictor, noise_removal: preset knobs; None =
             the preset's published default. Meanings and defaults:
             :mod:`decodekit.decoders.diffusion_presets`. A knob the preset does not read raises.
@@ -100,7 +100,8 @@ class MaskedDiffusionDecoder(Decoder):
 
     def __init__(self, model, *, mask_token_id: int, preset: str = "llada", steps: int | None = None,
                  block_length: int | None = None, remasking: str | None = None, cfg_scale: float | None = None,
-                 suppress_token_ids=None, alg: str | None = None, eps: float | None = None,
+                 suppress_token_ids=None, alg: str | None = None, alg_temp: float | None = None,
+                 eps: float | None = None,
                  shift_logits: bool | None = None, threshold: float | None = None, factor: float | None = None,
                  cache: str | None = None, refresh_every: int | None = None, predictor: str | None = None,
                  noise_removal: bool | None = None, tokenizer=None, num_blocks: int | None = None,
@@ -109,7 +110,7 @@ class MaskedDiffusionDecoder(Decoder):
         self.mask_id = check_mask_id(mask_token_id, model.vocab_size)
         self.config: DiffusionConfig = make_config(
             preset, model.vocab_size, steps=steps, block_length=block_length, remasking=remasking,
-            cfg_scale=cfg_scale, suppress_token_ids=suppress_token_ids, alg=alg, eps=eps,
+            cfg_scale=cfg_scale, suppress_token_ids=suppress_token_ids, alg=alg, alg_temp=alg_temp, eps=eps,
             shift_logits=shift_logits, threshold=threshold, factor=factor, cache=cache,
             refresh_every=refresh_every, predictor=predictor, noise_removal=noise_removal,
         )
@@ -234,6 +235,8 @@ class MaskedDiffusionDecoder(Decoder):
         else:
             k = torch.stack([s.k_table[s.step_in_block] for s in active]).to(dev)
             kwargs.update(select="topk", k=k)
+            if cfg.alg_temp:
+                kwargs.update(selection_temperature=cfg.alg_temp)
         tokens = canvases.tokens.index_select(0, rows)
         out = ops.denoise_step(logits, tokens, **kwargs)
         canvases.tokens.index_copy_(0, rows, out.tokens)

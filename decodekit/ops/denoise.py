@@ -69,6 +69,7 @@ def _denoise_op(
     factor: torch.Tensor,
     p_transfer: torch.Tensor,
     span_ids: torch.Tensor,
+    selection_temperature: torch.Tensor,
     mask_id: int,
     conf_mode: int,
     tempered: bool,
@@ -77,13 +78,15 @@ def _denoise_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _denoise_impl(
         logits, tokens, temperature, keep_floor, suppress_ids, seed, offset, window_start, block_start, block_end,
-        k, tau, factor, p_transfer, span_ids, mask_id, conf_mode, tempered, select_mode, backend,
+        k, tau, factor, p_transfer, span_ids, selection_temperature, mask_id, conf_mode, tempered, select_mode,
+        backend,
     )
 
 
 @_denoise_op.register_fake
 def _(logits, tokens, temperature, keep_floor, suppress_ids, seed, offset, window_start, block_start, block_end,
-      k, tau, factor, p_transfer, span_ids, mask_id, conf_mode, tempered, select_mode, backend):
+      k, tau, factor, p_transfer, span_ids, selection_temperature, mask_id, conf_mode, tempered, select_mode,
+      backend):
     batch, width, _ = logits.shape
     return (
         torch.empty_like(tokens, dtype=torch.bool),
@@ -95,7 +98,7 @@ def _(logits, tokens, temperature, keep_floor, suppress_ids, seed, offset, windo
 
 def _denoise_impl(
     logits, tokens, temperature, keep_floor, suppress_ids, seed, offset, window_start, block_start, block_end,
-    k, tau, factor, p_transfer, span_ids, mask_id, conf_mode, tempered, select_mode, backend,
+    k, tau, factor, p_transfer, span_ids, selection_temperature, mask_id, conf_mode, tempered, select_mode, backend,
 ):
     batch, width, _ = logits.shape
     device = logits.device
@@ -107,8 +110,11 @@ def _denoise_impl(
         logits, temperature, keep_floor, suppress_ids, seed, offset, window_start, int(conf_mode), int(tempered),
         proposal, confidence,
     )
+    ranked = confidence
+    if selection_temperature.numel():
+        ranked = ref.perturb_confidence(confidence, selection_temperature, seed, offset, window_start).contiguous()
     kernel(backend, FAMILY, "denoise_select")(
-        tokens, proposal, confidence, window_start, block_start, block_end, int(mask_id), int(select_mode),
+        tokens, proposal, ranked, window_start, block_start, block_end, int(mask_id), int(select_mode),
         k, tau, factor, p_transfer, span_ids, seed, offset, committed, num_committed,
     )
     return committed, num_committed, proposal, confidence
@@ -240,6 +246,7 @@ def denoise_step(
     factor=1.0,
     p_transfer=1.0,
     span_ids: torch.Tensor | None = None,
+    selection_temperature=0.0,
     block_start=0,
     block_end=None,
     seed=None,
@@ -274,6 +281,10 @@ def denoise_step(
         p_transfer: ``"bernoulli"``: scalar or ``[B]`` float in [0, 1].
         span_ids: ``"topk"`` only: ``[B, L]`` int32/int64 span of each canvas position (``-1`` or
             ``>= S`` = in no span); each span commits its own ``k[:, s]``.
+        selection_temperature: ``"topk"`` only: scalar or ``[B]`` float >= 0; > 0 draws the k
+            positions without replacement from ``softmax(confidence / t)`` (Gumbel-top-k, Dream's
+            ``alg_temp``) instead of taking the k most confident; 0 = off. The returned
+            ``confidence`` stays unperturbed.
         block_start, block_end: int or ``[B]`` int64, the commit window ``[block_start,
             block_end)`` inside ``[0, L]`` (default the whole canvas).
         seed: int, ``[B]`` int64, or None (fresh per-row seeds from torch's generator).
@@ -331,11 +342,18 @@ def denoise_step(
     seed = _args.seed_param(seed, batch, device)
     offset = _args.offset_param(offset, batch, device)
     backend = resolve(backend, device)
+    sel_temp = torch.empty(0, dtype=torch.float32, device=device)
+    if not (isinstance(selection_temperature, numbers.Real) and not isinstance(selection_temperature, bool)
+            and selection_temperature == 0):
+        if select != "topk":
+            raise ValueError(f"selection_temperature works with select='topk' only, got select={select!r}")
+        sel_temp = _args.row_param("selection_temperature", selection_temperature, batch, device, torch.float32,
+                                   low=0.0)
 
     call = _denoise_op if torch.compiler.is_compiling() else _denoise_impl
     committed, num_committed, proposal_out, confidence_out = call(
         logits, tokens, temperature, floor, suppress, seed, offset, window_start, block_start, block_end,
-        k, tau, factor, p_transfer, span_ids, mask_id, int(CONFIDENCES[confidence]), tempered_confidence,
+        k, tau, factor, p_transfer, span_ids, sel_temp, mask_id, int(CONFIDENCES[confidence]), tempered_confidence,
         int(SELECTS[select]), backend,
     )
     return DenoiseOutput(tokens, committed, num_committed, proposal_out, confidence_out)

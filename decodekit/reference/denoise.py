@@ -34,6 +34,14 @@ group's eligible count.
   (the threshold computed in float64), else n (Fast-dLLM's ``1 - f / (n + 1)`` with 1-based n);
 * ``bernoulli``: commit iff ``uniform(seed, offset, TRANSFER_COIN, c0 = pos) < p_transfer``.
 
+**sampled selection** (``topk`` with ``selection_temperature`` t > 0 for a row, Dream's
+``alg_temp``): before ranking, each confidence c becomes ``c / t + g`` with Gumbel noise
+``g = -log(-log(u))``, ``u = uniform(seed, offset, SELECTION_NOISE, c0 = pos)``. Top-k of
+Gumbel-perturbed scores is a draw of k positions without replacement from ``softmax(c / t)`` over
+the eligible positions (Plackett-Luce), which is what Dream's ``multinomial(softmax(c / t), k)``
+does. This is a ``[B, W]`` computation with torch ops, shared by every backend
+(``perturb_confidence``).
+
 Committed positions get the proposal; no other canvas entry changes.
 """
 
@@ -343,3 +351,21 @@ def transfer_schedule(num_masked: torch.Tensor, steps: int, kind: str, eps: floa
     else:
         raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULES)}")
     return counts.to(torch.int32)
+
+
+def perturb_confidence(confidence, selection_temperature, seed, offset, window_start):
+    """Gumbel-perturbed confidences of a sampled top-k selection (see the module docstring).
+
+    Args:
+        confidence: ``[B, W]`` float32 (NaN = invalid position, kept NaN).
+        selection_temperature: ``[B]`` float32 >= 0; rows with 0 are returned unchanged.
+        seed, offset, window_start: ``[B]`` int64.
+    """
+    width = confidence.shape[1]
+    pos = window_start.reshape(-1, 1) + torch.arange(width, dtype=torch.int64, device=confidence.device)
+    u = rng.uniform(seed.reshape(-1, 1), offset.reshape(-1, 1), Stream.SELECTION_NOISE, pos)
+    # u can be exactly 0.0 (DESIGN.md): clamp so the noise stays finite.
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+    t = selection_temperature.reshape(-1, 1)
+    sampled = confidence / t.clamp_min(1e-30) + gumbel
+    return torch.where(t > 0, sampled, confidence)

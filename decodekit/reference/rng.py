@@ -41,6 +41,7 @@ class Stream(enum.IntEnum):
     PROPOSAL_TOKEN = 3  # denoising: Gumbel noise of the proposed token per canvas position
     CONFIDENCE_NOISE = 4  # denoising: `random` confidence
     TRANSFER_COIN = 5  # denoising: Bernoulli transfer per canvas position
+    SELECTION_NOISE = 6  # denoising: Gumbel noise of a sampled top-k selection (Dream's alg_temp)
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:

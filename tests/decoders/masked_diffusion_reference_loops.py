@@ -120,7 +120,7 @@ def _tempered(logits, temperature, top_p):
 
 
 def dream_generate(model, prompt, gen_length, *, mask_id, steps, alg="origin", eps=1e-3, temperature=0.0,
-                   top_p=1.0, seed=0):
+                   top_p=1.0, seed=0, alg_temp=0.0):
     """Dream ``_sample`` (section 2.3) for one request, logits shifted by one position."""
     x = [mask_id] * gen_length
     p = len(prompt)
@@ -155,6 +155,11 @@ def dream_generate(model, prompt, gen_length, *, mask_id, steps, alg="origin", e
             confidence = torch.sum(probs * torch.log(probs + 1e-10), -1)
         num_mask = torch.tensor(sum(masked), dtype=torch.float32)
         k = int(num_mask * (1 - s / t)) if i < steps - 1 else int(num_mask)
+        if alg_temp > 0:
+            # multinomial(softmax(confidence / alg_temp), k) without replacement, drawn as
+            # Gumbel-top-k with Philox noise keyed like the decoder's.
+            u = _uniform(seed, i, Stream.SELECTION_NOISE, positions)
+            confidence = confidence / alg_temp - torch.log(-torch.log(u))
         _commit_top(x, x0, confidence, masked, k)
     return x
 

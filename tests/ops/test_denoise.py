@@ -459,3 +459,67 @@ def test_compiled_denoising_loop_fullgraph():
     got = compiled(logits, torch.full((batch, width), vocab - 1), 3)
     assert torch.equal(got, want)
     assert int((want != vocab - 1).sum()) >= 6
+
+
+def _selection_case(batch: int):
+    # Greedy proposals with prob confidences 0.9, 0.7, 0.5, 0.3 at four masked positions.
+    vocab, width, mask_id = 5, 4, 4
+    conf = torch.tensor([0.9, 0.7, 0.5, 0.3])
+    logits = torch.full((width, vocab), -30.0)
+    rest = (1 - conf) / (vocab - 2)  # the mask id keeps ~0 mass
+    logits[:, 0] = conf.log()
+    logits[:, 1:mask_id] = rest.log().unsqueeze(1)
+    return logits.expand(batch, width, vocab).contiguous(), mask_id, conf
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_sampled_selection_draws_positions_from_softmax_of_confidence(backend):
+    """``selection_temperature`` t: k=1 picks position i with probability softmax(c / t)_i; k=2
+    picks the ordered pair (i, j) as sampling without replacement does (Plackett-Luce). The
+    perturbation is shared torch code on every backend; the select kernels' equality with the
+    reference is tested above."""
+    device = torch.device("cpu")
+    draws = 20000 if backend == "cpu" else 6000
+    logits, mask_id, _ = _selection_case(draws)
+    logits = logits.to(device)
+    seeds = torch.arange(draws, dtype=torch.int64, device=device) * 7919 + 3
+    t = 0.25
+    probs_out = ops.denoise_step(logits, torch.full((draws, 4), mask_id, device=device), mask_id=mask_id,
+                                 confidence="prob", k=1, seed=seeds, backend=backend).confidence[0].cpu()
+    expected = torch.softmax(probs_out.double() / t, 0)
+    out = ops.denoise_step(logits, torch.full((draws, 4), mask_id, device=device), mask_id=mask_id,
+                           confidence="prob", k=1, selection_temperature=t, seed=seeds, backend=backend)
+    counts = out.committed.sum(0).cpu().double()
+    assert int(out.num_committed.sum()) == draws
+    chi2 = float(((counts - draws * expected) ** 2 / (draws * expected)).sum())
+    assert chi2 < 30.0, (counts, expected * draws)  # 3 dof: p ~ 1e-6
+
+    # k=2: unordered pair {i, j} has probability P(i)P(j|i) + P(j)P(i|j).
+    out2 = ops.denoise_step(logits, torch.full((draws, 4), mask_id, device=device), mask_id=mask_id,
+                            confidence="prob", k=2, selection_temperature=t, seed=seeds, backend=backend)
+    pairs = out2.committed.cpu()
+    observed, exact = [], []
+    for i in range(4):
+        for j in range(i + 1, 4):
+            observed.append(float((pairs[:, i] & pairs[:, j]).sum()))
+            pij = expected[i] * expected[j] / (1 - expected[i]) + expected[j] * expected[i] / (1 - expected[j])
+            exact.append(float(pij) * draws)
+    observed, exact = torch.tensor(observed), torch.tensor(exact)
+    chi2 = float(((observed - exact) ** 2 / exact).sum())
+    assert chi2 < 37.0, (observed, exact)  # 5 dof: p ~ 1e-6
+
+
+def test_sampled_selection_is_reproducible_and_off_at_zero():
+    logits, mask_id, _ = _selection_case(3)
+    canvas = lambda: torch.full((3, 4), mask_id)  # noqa: E731
+    plain = ops.denoise_step(logits, canvas(), mask_id=mask_id, k=2, seed=5).committed
+    zero = ops.denoise_step(logits, canvas(), mask_id=mask_id, k=2, seed=5, selection_temperature=0.0).committed
+    assert torch.equal(plain, zero) and plain[:, :2].all()
+    temps = torch.tensor([0.0, 5.0, 5.0])
+    a = ops.denoise_step(logits, canvas(), mask_id=mask_id, k=2, seed=5, selection_temperature=temps)
+    b = ops.denoise_step(logits, canvas(), mask_id=mask_id, k=2, seed=5, selection_temperature=temps, backend="reference")
+    assert torch.equal(a.committed, b.committed) and torch.equal(a.committed[0], plain[0])
+    with pytest.raises(ValueError, match="selection_temperature"):
+        ops.denoise_step(logits, canvas(), mask_id=mask_id, select="threshold", selection_temperature=1.0)
+    with pytest.raises(ValueError, match="selection_temperature"):
+        ops.denoise_step(logits, canvas(), mask_id=mask_id, selection_temperature=-1.0)

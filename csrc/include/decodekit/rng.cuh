@@ -22,6 +22,7 @@ enum RngStream : uint32_t {
   kStreamProposalToken = 3,
   kStreamConfidenceNoise = 4,
   kStreamTransferCoin = 5,
+  kStreamSelectionNoise = 6,
 };
 
 struct Philox4 {
