@@ -3,15 +3,25 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
+from decodekit.decoders.drafters import DraftProposal, Drafter, NgramDrafter
+from decodekit.decoders.model_drafters import ModelDrafter
 from decodekit.decoders.params import SamplingParams
 from decodekit.decoders.result import GenerationResult, RequestStats
+from decodekit.decoders.speculative import SpeculativeDecoder
+from decodekit.decoders.tree_drafter import TreeDrafter
 
 __all__ = [
     "AutoregressiveDecoder",
     "Decoder",
+    "DraftProposal",
+    "Drafter",
     "GenerationResult",
+    "ModelDrafter",
+    "NgramDrafter",
     "Request",
     "RequestStats",
     "SamplingParams",
+    "SpeculativeDecoder",
+    "TreeDrafter",
     "forward_step",
 ]
