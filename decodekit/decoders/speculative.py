@@ -99,7 +99,7 @@ class SpeculativeDecoder(Decoder):
         cache = self._cache(model, requests, caches, reserve=drafter.target_rows() + 1)
         device = model.device
         self._params = BatchSampling.of([r.sampling for r in requests], device)
-        self._seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64, device=device)
+        self._seed_rows = torch.tensor([r.seed for r in requests], dtype=torch.int64, device=device)
         for r in requests:
             cache.allocator.allocate(r.seq_id)
         drafter.begin(self, requests, caches)
@@ -148,7 +148,7 @@ class SpeculativeDecoder(Decoder):
         keys = dict(
             method=self.method, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
             typical_eps=self.typical_eps, typical_delta=self.typical_delta,
-            seed=self._seeds.index_select(0, rows),
+            seed=self._seed_rows.index_select(0, rows),
             offset=torch.tensor([len(r.output) for r in active], dtype=torch.int64, device=device),
             check_draft_probs=False,
         )  # fmt: skip
@@ -164,10 +164,11 @@ class SpeculativeDecoder(Decoder):
         masks, positions, feed = [], [], []
         ancestors = tree.ancestor_mask.cpu()
         depth, node_tokens = tree.depth.tolist(), tree.tokens.tolist()
+        causal = torch.ones(max(map(len, pending)), max(map(len, pending)), dtype=torch.bool).tril()
         for b, (q, r) in enumerate(zip(pending, active)):
             count = len(q)
             mask = torch.zeros(count + nodes - 1, count + nodes - 1, dtype=torch.bool)
-            mask[:count, :count] = torch.ones(count, count, dtype=torch.bool).tril()
+            mask[:count, :count] = causal[:count, :count]
             mask[count:, :count] = True
             mask[count:, count:] = ancestors[b, 1:, 1:]
             masks.append(mask)
