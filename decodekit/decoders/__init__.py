@@ -4,25 +4,35 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
+from decodekit.decoders.drafters import DraftProposal, Drafter, NgramDrafter
 from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.masked_diffusion import MaskedDiffusionDecoder
+from decodekit.decoders.model_drafters import ModelDrafter
 from decodekit.decoders.params import SamplingParams
 from decodekit.decoders.plan import ControlTokens, PlanError
 from decodekit.decoders.planned_diffusion import PlannedDiffusionDecoder
 from decodekit.decoders.result import GenerationResult, RequestStats
+from decodekit.decoders.speculative import SpeculativeDecoder
+from decodekit.decoders.tree_drafter import TreeDrafter
 
 __all__ = [
     "AutoregressiveDecoder",
     "BlockDiffusionDecoder",
     "ControlTokens",
     "Decoder",
+    "DraftProposal",
+    "Drafter",
     "GenerationResult",
     "MaskPredictDecoder",
     "MaskedDiffusionDecoder",
+    "ModelDrafter",
+    "NgramDrafter",
     "PlanError",
     "PlannedDiffusionDecoder",
     "Request",
     "RequestStats",
     "SamplingParams",
+    "SpeculativeDecoder",
+    "TreeDrafter",
     "forward_step",
 ]
