@@ -4,6 +4,7 @@ stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
+from decodekit.decoders.diffusion_drafter import DiffusionDrafter
 from decodekit.decoders.drafters import DraftProposal, Drafter, NgramDrafter
 from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.masked_diffusion import MaskedDiffusionDecoder
@@ -20,6 +21,7 @@ __all__ = [
     "BlockDiffusionDecoder",
     "ControlTokens",
     "Decoder",
+    "DiffusionDrafter",
     "DraftProposal",
     "Drafter",
     "GenerationResult",
