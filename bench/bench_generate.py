@@ -148,32 +148,39 @@ def build_cases(hf, ours, batches, modes, new_tokens: int) -> list[Case]:
 # ---------------------------------------------------------------------------------- measuring
 
 
-def measure(case: Case, device: torch.device, reps: int) -> tuple[float, GenerationResult]:
-    """Median wall time (us) of ``case.run()`` over ``reps`` runs after one warm-up run."""
-    case.run()
-    samples, result = [], None
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = case.run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6, result
+def timed(case: Case, device: torch.device) -> tuple[float, GenerationResult]:
+    """Wall seconds of one ``case.run()`` (device work included) and its result."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = case.run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
 
 
 def run(cases: list[Case], device: torch.device, dtype: torch.dtype, shape: str, reps: int) -> list[GenerateRow]:
+    """Median wall time of every case over ``reps`` runs after one warm-up run. The cases of one
+    workload run in turn within each repetition, so a shared machine's load hits them alike."""
     label = harness.device_name(device)
     dtype_name = str(dtype).replace("torch.", "")
     rows: list[GenerateRow] = []
-    for case in cases:
-        median_us, result = measure(case, device, reps)
-        baseline = None
-        if case.baseline is not None:
-            baseline = next(r.median_us for r in rows if r.op == case.workload and r.backend == case.baseline)
-        rows.append(GenerateRow(case.workload, case.name, shape, dtype_name, label, median_us, result, baseline))
-        print(harness.markdown_table(rows[-1:]), flush=True)
+    for workload in dict.fromkeys(c.workload for c in cases):
+        group = [c for c in cases if c.workload == workload]
+        for case in group:
+            case.run()
+        samples = {case.name: [] for case in group}
+        results = {}
+        for _ in range(reps):
+            for case in group:
+                seconds, results[case.name] = timed(case, device)
+                samples[case.name].append(seconds)
+        medians = {name: statistics.median(times) * 1e6 for name, times in samples.items()}
+        for case in group:
+            baseline = None if case.baseline is None else medians[case.baseline]
+            rows.append(GenerateRow(workload, case.name, shape, dtype_name, label, medians[case.name],
+                                    results[case.name], baseline))
+        print(harness.markdown_table(rows[-len(group):]), flush=True)
     return rows
 
 
