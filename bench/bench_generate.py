@@ -12,7 +12,8 @@ case it is compared with. Speculative and diffusion decoders add their cases to
 :func:`build_cases`; the table reports tokens/s, forward calls, tokens per forward, acceptance rate
 and the speedup over the case's baseline (median wall time of ``--reps`` runs after a warm-up).
 
-Run: ``decodekit bench generate [--quick] [--device cpu|cuda] [--out DIR] [--reps N]``
+Run: ``decodekit bench generate [--quick] [--device cpu|cuda] [--out DIR] [--reps N] [--threads N]
+[--new-tokens N]``
 """
 
 from __future__ import annotations
@@ -187,7 +188,12 @@ def run(cases: list[Case], device: torch.device, dtype: torch.dtype, shape: str,
 def main(argv: list[str] | None = None) -> int:
     parser = harness.bench_parser("generate", __doc__, "smaller model (hidden 256), B=8 greedy only, 32 new tokens")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per request (default 128)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both implementations (default: torch's); 1 keeps a shared "
+                             "machine's load from stalling OpenMP barriers")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shape = QUICK_SHAPE if args.quick else MODEL_SHAPE
