@@ -28,4 +28,6 @@ timeout 120 python -m decodekit.cli bench paged_kv --device cuda --out "$OUT" 2>
 timeout 150 python -m decodekit.cli bench denoise --device cuda --out "$OUT" 2>&1 | tail -50 | tee "$OUT/bench_denoise.txt"
 # spec_verify: chain B=64 n=8 and tree B=16 N=64, V=32000 / 128256, cuda + triton + torch baselines
 timeout 120 python -m decodekit.cli bench spec_verify --device cuda --quick --out "$OUT" 2>&1 | tail -40 | tee "$OUT/bench_spec_verify.txt"
+# generate: built-in AR decoder vs Hugging Face generate, same bf16 ~29M Llama, B=1/8, greedy/sampled, 128 new tokens
+timeout 90 python -m decodekit.cli bench generate --device cuda --reps 2 --out "$OUT" 2>&1 | tail -20 | tee "$OUT/bench_generate.txt"
 echo "total $(( $(date +%s) - start )) s" | tee -a "$OUT/machine.txt"

@@ -20,6 +20,11 @@ class TokenSampler:
 
     def __init__(self, requests: list[Request], vocab: int, device: torch.device):
         self.params = BatchSampling.of([r.sampling for r in requests], device)
+        # One SamplingParams for the whole batch (the usual case): pass its values as Python
+        # scalars, which the ops turn into cached constant rows, instead of gathering and
+        # range-checking six [B] tensors every step.
+        first = requests[0].sampling if requests else None
+        self.shared = first if all(r.sampling == first for r in requests) else None
         self.seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64, device=device)
         self.device = device
         self.counts = None
@@ -35,17 +40,26 @@ class TokenSampler:
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.counts is None:
             return logits
-        p = self.params.rows(rows)
+        if self.shared is not None:
+            s = self.shared
+            repetition, frequency, presence = s.repetition_penalty, s.frequency_penalty, s.presence_penalty
+        else:
+            p = self.params.rows(rows)
+            repetition, frequency, presence = p.repetition, p.frequency, p.presence
         return ops.apply_penalties(logits, token_counts=self.counts.index_select(0, rows),
-                                   repetition=p.repetition, frequency=p.frequency, presence=p.presence)
+                                   repetition=repetition, frequency=frequency, presence=presence)
 
     def sample(self, logits: torch.Tensor, rows: torch.Tensor, offsets: list[int]) -> ops.SampleOutput:
         """One token per row of ``logits [B, V]``; ``rows`` are the requests' indices."""
-        p = self.params.rows(rows)
+        if self.shared is not None:
+            s = self.shared
+            filters = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
+        else:
+            p = self.params.rows(rows)
+            filters = dict(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p)
         logits = self.penalize(logits, rows)
         offset = torch.tensor(offsets, dtype=torch.int64).to(self.device)
-        out = ops.sample(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
-                         seed=self.seeds.index_select(0, rows), offset=offset)
+        out = ops.sample(logits, **filters, seed=self.seeds.index_select(0, rows), offset=offset)
         if self.counts is not None:
             self.counts.index_put_((rows, out.tokens.clamp(min=0)), torch.ones_like(rows, dtype=torch.int32), accumulate=True)
         return out
