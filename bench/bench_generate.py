@@ -12,8 +12,13 @@ case it is compared with. Speculative and diffusion decoders add their cases to
 :func:`build_cases`; the table reports tokens/s, forward calls, tokens per forward, acceptance rate
 and the speedup over the case's baseline (median wall time of ``--reps`` runs after a warm-up).
 
-Run: ``decodekit bench generate [--quick] [--device cpu|cuda] [--out DIR] [--reps N] [--threads N]
-[--new-tokens N]``
+Families (``--family``): ``ar`` (built-in AR vs Hugging Face), ``speculative`` (chain, tree and
+n-gram drafters vs AR) and ``diffusion`` (LLaDA, Fast-dLLM with and without caches, Dream, MDLM,
+Mask-Predict, BD3-LM; plain LLaDA is their baseline); see ``bench/generate_cases.py`` for what the
+random-weight numbers of the last two mean.
+
+Run: ``decodekit bench generate [--quick] [--family all|ar|speculative|diffusion] [--device cpu|cuda]
+[--out DIR] [--reps N] [--threads N] [--new-tokens N]``
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from decodekit.bench import harness
+from decodekit.bench import generate_cases, harness
 from decodekit.decoders import AutoregressiveDecoder, GenerationResult, RequestStats, SamplingParams
 from decodekit.models import Transformer
 
@@ -188,6 +193,8 @@ def run(cases: list[Case], device: torch.device, dtype: torch.dtype, shape: str,
 def main(argv: list[str] | None = None) -> int:
     parser = harness.bench_parser("generate", __doc__, "smaller model (hidden 256), B=8 greedy only, 32 new tokens")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated per request (default 128)")
+    parser.add_argument("--family", choices=("all", "ar", "speculative", "diffusion"), default="all",
+                        help="which decoders to measure (default all)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both implementations (default: torch's); 1 keeps a shared "
                              "machine's load from stalling OpenMP barriers")
@@ -204,10 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     hf, ours = build_models(device, dtype, shape)
     params = sum(p.numel() for p in ours.parameters())
     shape_label = f"{params / 1e6:.0f}M params, prompt {PROMPT_TOKENS}, new {new_tokens}"
-    rows = run(build_cases(hf, ours, batches, modes, new_tokens), device, dtype, shape_label, reps)
+    cases = []
+    if args.family in ("all", "ar"):
+        cases += build_cases(hf, ours, batches, modes, new_tokens)
+    prompts_for = lambda batch: make_prompts(batch, ours.vocab_size)  # noqa: E731
+    if args.family in ("all", "speculative"):
+        cases += generate_cases.speculative_cases(Case, ours, prompts_for, modes, MODES.__getitem__, max(batches),
+                                                  new_tokens)
+    if args.family in ("all", "diffusion"):
+        cases += generate_cases.diffusion_cases(Case, ours, prompts_for, 1, new_tokens)
+    rows = run(cases, device, dtype, shape_label, reps)
     title = f"generate on {harness.device_name(device)} ({shape_label})"
     print(f"\n## {title}\n\n{harness.markdown_table(rows)}")
-    name = f"generate_{device.type}" + ("_quick" if args.quick else "")
+    name = f"generate_{device.type}" + ("" if args.family == "all" else f"_{args.family}") + ("_quick" if args.quick else "")
     for path in harness.write_results(rows, name, args.out, title):
         print(f"wrote {path}")
     return 0
