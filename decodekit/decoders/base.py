@@ -144,7 +144,10 @@ class Decoder:
         try:
             self._run(requests, caches)
         except OutOfBlocksError as error:
-            raise OutOfBlocksError(error.needed, error.available) from error
+            pool = f"num_blocks={self.num_blocks}" if self.num_blocks is not None else "the per-call pool"
+            error.args = (f"{error.args[0]} ({pool}, block_size={self.block_size}); this call's sequences were "
+                          "freed and the pool stays usable: raise num_blocks or send fewer or shorter requests",)
+            raise
         finally:
             for model, cache in caches.values():
                 seqs = [s for s in cache.allocator.sequences()]

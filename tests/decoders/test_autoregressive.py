@@ -289,7 +289,7 @@ def test_bad_decoder_arguments(llama):
 def test_out_of_blocks_is_clear_and_the_pool_stays_usable(llama):
     hf, model = llama
     decoder = AutoregressiveDecoder(model, num_blocks=4, block_size=4)
-    with pytest.raises(OutOfBlocksError, match="out of KV cache blocks: need"):
+    with pytest.raises(OutOfBlocksError, match="out of KV cache blocks: need .*num_blocks=.*pool stays usable"):
         decoder.generate(PROMPTS, max_new_tokens=20, sampling=GREEDY, stop_token_ids=[])
     (pool,) = decoder._pools.values()
     assert pool.allocator.num_free_blocks == 4 and not pool.allocator.sequences()
