@@ -27,12 +27,11 @@ from decodekit.zoo.tokenizer import ByteTokenizer
 from decodekit.zoo.train import TrainSettings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-_VOCAB = ByteTokenizer().vocab_size
 
 
 def _config(hidden: int, layers: int, heads: int, kv_heads: int, attention: str, max_positions: int) -> dict:
     tok = ByteTokenizer()
-    return dict(vocab_size=_VOCAB, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
+    return dict(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
                 num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, max_positions=max_positions,
                 attention=attention, eos_token_id=tok.eos_token_id, mask_token_id=tok.mask_token_id)
 
@@ -48,14 +47,18 @@ class ZooModel:
     settings: TrainSettings = field(default_factory=TrainSettings)
 
 
+# Steps sized for the 90-minute CPU budget: 1-thread seconds per step measured on a loaded 2-core
+# machine: kjv-ar 0.85, kjv-ar-draft 0.17, kjv-mdm 1.36 (half full, half block steps), kjv-planned
+# 0.99, so the whole zoo is ~88 min on one thread and less on two.
 ZOO = {
     m.name: m
     for m in (
-        ZooModel("kjv-ar", "ar", _config(256, 4, 4, 2, "causal", 1024), TrainSettings(seq_len=256)),
-        ZooModel("kjv-ar-draft", "ar", _config(128, 2, 2, 1, "causal", 1024), TrainSettings(seq_len=256, lr=3e-3)),
-        ZooModel("kjv-mdm", "mdm", _config(256, 4, 4, 2, "bidirectional", 1024), TrainSettings(seq_len=256)),
+        ZooModel("kjv-ar", "ar", _config(256, 4, 4, 2, "causal", 1024), TrainSettings(steps=1500, seq_len=256)),
+        ZooModel("kjv-ar-draft", "ar", _config(128, 2, 2, 1, "causal", 1024),
+                 TrainSettings(steps=3000, seq_len=256, lr=3e-3)),
+        ZooModel("kjv-mdm", "mdm", _config(256, 4, 4, 2, "bidirectional", 1024), TrainSettings(steps=1500, seq_len=256)),
         ZooModel("kjv-planned", "planned", _config(256, 4, 4, 2, "causal", 1024),
-                 TrainSettings(seq_len=512, batch_size=8)),
+                 TrainSettings(steps=1500, seq_len=512, batch_size=8)),
     )
 }
 NAMES = tuple(ZOO)

@@ -111,3 +111,15 @@ def test_bad_kind_and_config_are_rejected():
         train("mdm", CONFIG, VERSES, VERSES, TrainSettings(steps=1))
     with pytest.raises(ValueError, match="vocab_size must be 264"):
         train("ar", dict(CONFIG, vocab_size=300), VERSES, VERSES, TrainSettings(steps=1))
+
+
+def test_zoo_configs_fit_the_size_budget_and_the_draft_is_several_times_smaller():
+    from decodekit.models import Transformer, TransformerConfig
+    from decodekit.zoo import ZOO
+
+    params = {name: sum(p.numel() for p in Transformer(TransformerConfig(**m.config)).parameters())
+              for name, m in ZOO.items()}
+    assert 2e6 <= params["kjv-ar"] <= 6e6 and params["kjv-ar"] >= 4 * params["kjv-ar-draft"]
+    assert 2 * sum(params.values()) <= 25e6  # fp16 bytes shipped
+    assert {m.config["vocab_size"] for m in ZOO.values()} == {TOK.vocab_size}
+    assert ZOO["kjv-mdm"].config["attention"] == "bidirectional"
