@@ -1,4 +1,4 @@
-"""``decodekit info | bench``: what is built here, and the microbenchmarks."""
+"""``decodekit info | bench | zoo``: what is built here, the microbenchmarks, the model zoo."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")
     bench.set_defaults(run=_bench)
+    from decodekit.zoo.cli import add_parser as add_zoo_parser
+
+    add_zoo_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -157,6 +157,49 @@ class Transformer(nn.Module):
             x = x.index_select(0, batch.logits_rows)
         return self.lm_head(self.norm(x))
 
+    def forward_train(self, input_ids: torch.Tensor, attention_mask=None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Plain batched forward for training (no cache, autograd on): ``[B, L, V]`` logits.
+
+        The same modules and weights as :meth:`forward`, with SDPA instead of the paged ops, so a
+        model trained with it decodes identically through the paged path.
+
+        Args:
+            input_ids: ``[B, L]`` int64 token ids.
+            attention_mask: None (the model's default: ``"causal"`` or ``"full"`` by
+                ``config.attention``), ``"causal"``, ``"full"``, or a bool tensor ``[L, L]`` /
+                ``[B, L, L]``, True where row i may attend to key j (every row must see at least
+                one key).
+            positions: ``[L]`` or ``[B, L]`` int64 RoPE positions; default ``0 .. L-1``
+                (a sequence that repeats positions, e.g. clean + noisy copies, passes its own).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        batch, length = input_ids.shape
+        device = input_ids.device
+        mask = attention_mask if attention_mask is not None else (
+            "causal" if self.config.attention == "causal" else "full")
+        if isinstance(mask, str):
+            if mask not in ("causal", "full"):
+                raise ValueError(f"attention_mask must be None, 'causal', 'full' or a bool tensor, got {mask!r}")
+            causal, bool_mask = mask == "causal", None
+        else:
+            if mask.dtype != torch.bool or mask.shape[-2:] != (length, length) or mask.dim() not in (2, 3):
+                raise ValueError(f"attention_mask must be a bool [L, L] or [B, L, L] tensor with L={length}, "
+                                 f"got {mask.dtype} {tuple(mask.shape)}")
+            causal, bool_mask = False, (mask if mask.dim() == 3 else mask.unsqueeze(0)).unsqueeze(1)
+        if positions is None:
+            positions = torch.arange(length, device=device)
+        positions = positions.expand(batch, length)
+        x = self.embed_tokens(input_ids)
+        cos, sin = cos_sin(positions.reshape(-1), self.inv_freq, x.dtype)
+        cos, sin = cos.view(batch, length, 1, -1), sin.view(batch, length, 1, -1)
+        for layer in self.layers:
+            h = layer.input_layernorm(x)
+            x = x + _train_attention(layer.self_attn, h, cos, sin, bool_mask, causal)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x))
+
     # ------------------------------------------------------------------ weights
 
     @classmethod
@@ -195,3 +238,18 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def _train_attention(attn: Attention, x, cos, sin, bool_mask, causal: bool) -> torch.Tensor:
+    """``x [B, L, hidden]`` through ``attn``'s weights with SDPA (the training forward)."""
+    batch, length, _ = x.shape
+    q, k, v = attn.qkv_proj(x).split(attn.split, dim=-1)
+    q = apply_rope(q.view(batch, length, attn.num_heads, attn.head_dim), cos, sin)
+    k = apply_rope(k.view(batch, length, attn.num_kv_heads, attn.head_dim), cos, sin)
+    v = v.reshape(batch, length, attn.num_kv_heads, attn.head_dim)
+    groups = attn.num_heads // attn.num_kv_heads
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bool_mask, is_causal=causal)
+    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
