@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from decodekit.zoo.cli import add_parser as add_zoo_parser
 
     add_zoo_parser(commands)
+    from decodekit.demo import add_parser as add_demo_parser
+
+    add_demo_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
