@@ -19,10 +19,14 @@ from typing import Callable
 
 import torch
 
+# The first verse of three held-out books, as the corpus prints it (newline included): every model
+# then continues with the next verse, and the planned model starts its plan right away.
 DEFAULT_PROMPTS = (
-    "Ru1:1 Now it came to pass in the days when the judges ruled,",
-    "Jon1:1 Now the word of the LORD came unto Jonah",
-    "Jas1:2 My brethren, count it all joy",
+    "Ruth1:1 Now it came to pass in the days when the judges ruled, that there was a famine in the land. "
+    "And a certain man of Bethlehemjudah went to sojourn in the country of Moab, he, and his wife, and his two sons.\n",
+    "Jonah1:1 Now the word of the LORD came unto Jonah the son of Amittai, saying,\n",
+    "Jas1:1 James, a servant of God and of the Lord Jesus Christ, to the twelve tribes which are scattered abroad, "
+    "greeting.\n",
 )
 
 
@@ -206,7 +210,7 @@ def _write(rows: list[dict], samples, first_prompt: str, out_dir: Path) -> None:
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("demo", help="every generation family on the model zoo, with a comparison table")
-    parser.add_argument("prompts", nargs="*", help="prompts (default: three held-out verse openings)")
+    parser.add_argument("prompts", nargs="*", help="prompts (default: the first verse of three held-out books)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--quick", action="store_true", help="fewer methods and tokens (for CI)")
     parser.add_argument("--seed", type=int, default=0)
