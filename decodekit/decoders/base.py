@@ -17,6 +17,7 @@ the request's seed and a per-request step counter, DESIGN.md's RNG contract).
 
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
@@ -85,7 +86,7 @@ class Request:
         self.stats.finish_reason = reason
 
 
-class Decoder:
+class Decoder(abc.ABC):
     """Base class of every decoder: subclasses implement :meth:`_run`.
 
     Args:
@@ -164,8 +165,10 @@ class Decoder:
         forward_calls = getattr(self, "_forward_calls", 0)
         return GenerationResult([r.output for r in requests], [r.stats for r in requests], wall, forward_calls, texts)
 
+    @abc.abstractmethod
     def _run(self, requests: list[Request], caches: dict) -> None:
-        raise NotImplementedError
+        """Generate for ``requests`` (their ``output`` and ``stats``), registering every cache
+        it makes in ``caches`` (via :meth:`_cache`) so ``generate`` frees it."""
 
     #: extra cache positions a request may need beyond prompt + max_new_tokens (draft tokens)
     def _reserve_positions(self) -> int:

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from decodekit import ops
 from decodekit.decoders.base import Request
-from decodekit.decoders.drafters import DraftProposal, Drafter, _check_int
+from decodekit.decoders.drafters import CachedModelDrafter, DraftProposal, _check_int, draw_drafts
 from decodekit.decoders.model_drafters import DRAFT_SEED_SALT
 from decodekit.decoders.params import BatchSampling
 from decodekit.models.protocol import check_model
@@ -32,7 +31,7 @@ from decodekit.models.protocol import check_model
 _NEG_INF = float("-inf")
 
 
-class DiffusionDrafter(Drafter):
+class DiffusionDrafter(CachedModelDrafter):
     """Chain drafter backed by a masked-diffusion (bidirectional) model.
 
     Each step: one draft-model call over ``[unseen committed tokens..., mask x num_draft]``;
@@ -61,7 +60,7 @@ class DiffusionDrafter(Drafter):
         self.mask_id = mask_token_id
         self.num_draft = _check_int("num_draft", num_draft, 1, 64)
         self.shift_logits = shift_logits
-        self._decoder = self._cache = None
+        self._runner = model
 
     def check(self, target) -> None:
         if self.model.vocab_size != target.vocab_size:
@@ -104,20 +103,10 @@ class DiffusionDrafter(Drafter):
         index = torch.tensor([r.index for r in requests], dtype=torch.int64, device=device)
         params = self._params.rows(index)
         greedy = ((params.temperature == 0) | self._greedy_drafts).repeat_interleave(n)
-        temperature = torch.where(greedy, torch.ones_like(greedy, dtype=torch.float32),
-                                  params.temperature.repeat_interleave(n))
-        q = torch.softmax(ops.mask_logits(logits / temperature[:, None], params.top_k.repeat_interleave(n),
-                                          params.top_p.repeat_interleave(n)), -1)
+        # one draft row per (request, position j): repeat the request's parameters and seed n times
+        per_draft = params.rows(torch.arange(len(requests), device=device).repeat_interleave(n))
         offsets = torch.tensor([len(r.output) * n + j for r in requests for j in range(n)], dtype=torch.int64)
-        out = ops.sample(torch.where(greedy[:, None], logits, q.log()), temperature=(~greedy).float(),
-                         seed=self._seeds.index_select(0, index).repeat_interleave(n), offset=offsets.to(device))
+        tokens, q = draw_drafts(logits, per_draft, greedy, self._seeds.index_select(0, index).repeat_interleave(n),
+                                offsets.to(device))
         batch = len(requests)
-        return DraftProposal(tokens=out.tokens.view(batch, n), draft_probs=q.view(batch, n, -1))
-
-    def release(self, requests) -> None:
-        for r in requests:
-            self._cache.allocator.free(r.seq_id)
-        self.model.release([r.seq_id for r in requests])
-
-    def end(self) -> None:
-        self._decoder = self._cache = None
+        return DraftProposal(tokens=tokens.view(batch, n), draft_probs=q.view(batch, n, -1))

@@ -38,10 +38,12 @@ The contract (every drafter, including future ones such as a masked-diffusion dr
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 
 import torch
 
+from decodekit import ops
 from decodekit.decoders.base import Request
 from decodekit.ops import Tree
 
@@ -70,7 +72,7 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> int:
     return value
 
 
-class Drafter:
+class Drafter(abc.ABC):
     """Base class of every drafter (see the module docstring for the contract). The default
     lifecycle hooks do nothing, which suits stateless drafters."""
 
@@ -80,17 +82,20 @@ class Drafter:
     def check(self, target) -> None:
         """Raise ValueError if this drafter cannot serve ``target``."""
 
+    @abc.abstractmethod
     def target_rows(self) -> int:
-        raise NotImplementedError
+        """Draft rows the target verifies per request per step."""
 
+    @abc.abstractmethod
     def reserve_positions(self, target) -> int:
-        raise NotImplementedError
+        """Positions past a request's committed length that one step may touch."""
 
     def begin(self, decoder, requests: list[Request], caches: dict) -> None:
         """Start of ``generate`` (``requests``: all of the call's requests)."""
 
+    @abc.abstractmethod
     def propose(self, requests: list[Request]) -> DraftProposal:
-        raise NotImplementedError
+        """Drafts for the active ``requests``, in their order."""
 
     def accept(self, requests: list[Request], num_accepted: list[int]) -> None:
         """After verification: ``requests[i].output`` holds the emitted tokens."""
@@ -100,6 +105,45 @@ class Drafter:
 
     def end(self) -> None:
         """End of ``generate``."""
+
+
+class CachedModelDrafter(Drafter):
+    """A drafter that runs a model (``self._runner``) on its own paged cache (``self._cache``,
+    one sequence per request): freeing the requests' sequences and dropping per-call state are
+    the same for every such drafter."""
+
+    _runner = None
+    _cache = None
+    _decoder = None
+
+    def release(self, requests) -> None:
+        for r in requests:
+            self._cache.allocator.free(r.seq_id)
+        self._runner.release([r.seq_id for r in requests])
+
+    def end(self) -> None:
+        self._decoder = self._cache = None
+
+
+def draw_drafts(logits: torch.Tensor, params, greedy: torch.Tensor, seeds: torch.Tensor,
+                offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draft tokens drawn from exactly ``q = softmax(mask_logits(logits / T, top_k, top_p))`` per
+    row (``ops.sample`` over ``log q``), or the argmax on ``greedy`` rows.
+
+    Args:
+        logits: ``[R, V]`` float32 draft logits.
+        params: :class:`~decodekit.decoders.params.BatchSampling` rows of the ``R`` drafts.
+        greedy: ``[R]`` bool; seeds, offsets: ``[R]`` int64 draw keys.
+
+    Returns:
+        ``(tokens [R] int64, q [R, V] float32)``; q on greedy rows uses temperature 1: any
+        distribution will do there, verification is greedy for them and never reads it.
+    """
+    temperature = torch.where(greedy, torch.ones_like(params.temperature), params.temperature)
+    q = torch.softmax(ops.mask_logits(logits / temperature[:, None], params.top_k, params.top_p), -1)
+    out = ops.sample(torch.where(greedy[:, None], logits, q.log()), temperature=(~greedy).float(), seed=seeds,
+                     offset=offsets)
+    return out.tokens, q
 
 
 class NgramDrafter(Drafter):

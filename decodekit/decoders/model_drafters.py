@@ -4,11 +4,12 @@ dynamic top-k tree). The contract they implement is in :mod:`decodekit.decoders.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
-from decodekit import ops
 from decodekit.decoders.base import Request
-from decodekit.decoders.drafters import DraftProposal, Drafter, _check_int
+from decodekit.decoders.drafters import CachedModelDrafter, DraftProposal, _check_int, draw_drafts
 from decodekit.decoders.params import BatchSampling
 from decodekit.models.protocol import check_model
 
@@ -33,7 +34,7 @@ def _committed(request: Request) -> list[int]:
     return request.prompt + request.output
 
 
-class _DraftModelDrafter(Drafter):
+class _DraftModelDrafter(CachedModelDrafter):
     """Shared by the model drafters: checks, the draft cache and the catch-up feed."""
 
     def __init__(self, draft_model):
@@ -46,8 +47,6 @@ class _DraftModelDrafter(Drafter):
         self.draft_model = draft_model
         self._runner = draft_model  # what begin() runs: draft_model or its _SecondCache alias
         self._alias = _SecondCache(draft_model)
-        self._decoder = None
-        self._cache = None
 
     def check(self, target) -> None:
         if self.draft_model.vocab_size != target.vocab_size:
@@ -69,8 +68,9 @@ class _DraftModelDrafter(Drafter):
         for r in requests:
             self._cache.allocator.allocate(r.seq_id)
 
+    @abc.abstractmethod
     def _cache_reserve(self) -> int:
-        raise NotImplementedError
+        """Positions past the committed length the draft cache may hold during a step."""
 
     def _catch_up(self, requests: list[Request]) -> torch.Tensor:
         """Feed every committed token the draft cache lacks (the whole prompt at the first step,
@@ -80,15 +80,6 @@ class _DraftModelDrafter(Drafter):
         feed = [_committed(r)[alloc.length(r.seq_id) :] for r in requests]
         logits = self._decoder._model_step(self._runner, self._cache, requests, feed, draft=True)
         return logits.float()
-
-    def release(self, requests) -> None:
-        for r in requests:
-            self._cache.allocator.free(r.seq_id)
-        self._runner.release([r.seq_id for r in requests])
-
-    def end(self) -> None:
-        self._decoder = self._cache = None
-
 
 class ModelDrafter(_DraftModelDrafter):
     """Chain drafter: the draft model proposes ``num_draft`` tokens autoregressively.
@@ -135,25 +126,20 @@ class ModelDrafter(_DraftModelDrafter):
         rows = torch.tensor([r.index for r in requests], dtype=torch.int64, device=device)
         params = self._params.rows(rows)
         greedy = (params.temperature == 0) | self.greedy_drafts
-        # q uses temperature 1 on greedy rows: any distribution will do there, verification is
-        # greedy for them and never reads it
-        temperature = torch.where(greedy, torch.ones_like(params.temperature), params.temperature)
         seeds = self._seeds.index_select(0, rows)
         steps = [len(r.output) * self.num_draft for r in requests]
         logits = self._catch_up(requests)
         self._base = {r.index: r.length for r in requests}
         tokens, probs = [], []
         for j in range(self.num_draft):
-            q = torch.softmax(ops.mask_logits(logits / temperature[:, None], params.top_k, params.top_p), -1)
-            draw_logits = torch.where(greedy[:, None], logits, q.log())
-            out = ops.sample(draw_logits, temperature=(~greedy).float(), seed=seeds,
-                             offset=torch.tensor([s + j for s in steps], dtype=torch.int64, device=device))
-            tokens.append(out.tokens)
+            drafted, q = draw_drafts(logits, params, greedy, seeds,
+                                     torch.tensor([s + j for s in steps], dtype=torch.int64, device=device))
+            tokens.append(drafted)
             probs.append(q)
             if j + 1 < self.num_draft:
                 # one host read per draft step: the model step takes the new tokens as lists
                 logits = self._decoder._model_step(
-                    self._runner, self._cache, requests, [[t] for t in out.tokens.tolist()], draft=True
+                    self._runner, self._cache, requests, [[t] for t in drafted.tolist()], draft=True
                 ).float()
         return DraftProposal(tokens=torch.stack(tokens, 1), draft_probs=torch.stack(probs, 1))
 

@@ -49,3 +49,11 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: f
     stat = ((obs - exp) ** 2 / exp).sum()
     dof = obs.numel() - 1
     return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))
+
+
+def first_two_counts(sequences: list[list[int]], vocab: int) -> torch.Tensor:
+    """``[V, V]`` counts of the (first, second) generated tokens over many requests."""
+    counts = torch.zeros(vocab, vocab)
+    for seq in sequences:
+        counts[seq[0], seq[1]] += 1
+    return counts

@@ -9,7 +9,7 @@ import torch
 
 from decodekit.decoders import AutoregressiveDecoder, DiffusionDrafter, SamplingParams, SpeculativeDecoder
 from decodekit.models.tiny import tiny_transformer
-from speculative_exact import chi_square_pvalue, exact_first_two
+from speculative_exact import chi_square_pvalue, exact_first_two, first_two_counts
 
 P_THRESHOLD = 1e-6
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9, 4], [3, 3, 8, 3, 3, 8, 3, 3, 8, 10, 11]]
@@ -61,9 +61,7 @@ def test_sampling_is_lossless(sampling):
     exact = exact_first_two(target, prompt, sampling)
     result = SpeculativeDecoder(target, drafter).generate([prompt] * draws, max_new_tokens=2, sampling=sampling,
                                                           seed=list(range(500, 500 + draws)))
-    counts = torch.zeros(vocab, vocab)
-    for seq in result.sequences:
-        counts[seq[0], seq[1]] += 1
+    counts = first_two_counts(result.sequences, vocab)
     with_accepted = sum(s.accepted_tokens > 0 for s in result.stats)
     assert 100 <= with_accepted <= draws - 100, with_accepted
     assert chi_square_pvalue(counts, exact) > P_THRESHOLD

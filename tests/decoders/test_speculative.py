@@ -17,7 +17,7 @@ from decodekit.decoders import (
     TreeDrafter,
 )
 from decodekit.models.tiny import tiny_transformer
-from speculative_exact import chi_square_pvalue, exact_first_two
+from speculative_exact import chi_square_pvalue, exact_first_two, first_two_counts
 
 # fixed seeds make every statistical test deterministic; this threshold is far below any p-value
 # a correct decoder gives here and far above what the injected bugs give (see the report)
@@ -140,9 +140,7 @@ def test_sampling_is_lossless(lossless_models, kind, sampling):
     decoder = SpeculativeDecoder(target, _lossless_drafter(kind, draft))
     result = decoder.generate([LOSSLESS_PROMPT] * DRAWS, max_new_tokens=2, sampling=sampling,
                               seed=list(range(7000, 7000 + DRAWS)))
-    counts = torch.zeros(LOSSLESS_V, LOSSLESS_V)
-    for seq in result.sequences:
-        counts[seq[0], seq[1]] += 1
+    counts = first_two_counts(result.sequences, LOSSLESS_V)
     # both paths were exercised many times: requests that accepted drafts and ones that did not
     with_accepted = sum(s.accepted_tokens > 0 for s in result.stats)
     assert 100 <= with_accepted <= DRAWS - 100, with_accepted
