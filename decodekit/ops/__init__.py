@@ -1,6 +1,7 @@
 """decodekit's public functional API: validation, backend dispatch, torch.library registration."""
 
 from decodekit.ops.denoise import DenoiseOutput, RemaskOutput, denoise_step, remask_lowest, transfer_schedule
+from decodekit.ops.discrete_diffusion import discrete_diffusion_step
 from decodekit.ops.paged_kv import kv_append, kv_copy_blocks, pack_custom_mask, paged_attention
 from decodekit.ops.rng import Stream, philox_uniform
 from decodekit.ops.sampling import SampleOutput, apply_penalties, mask_logits, sample, top_k_top_p_renorm
@@ -28,6 +29,7 @@ __all__ = [
     "build_tree",
     "build_tree_from_topk",
     "denoise_step",
+    "discrete_diffusion_step",
     "kv_append",
     "kv_copy_blocks",
     "mask_logits",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decodekit.reference import denoise, paged_kv, rng, sampling, spec_verify
+from decodekit.reference import denoise, discrete_diffusion, paged_kv, rng, sampling, spec_verify
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed, offset, tokens_out, logprobs_out, valid_out):
@@ -192,3 +192,9 @@ def verify_tree(
     num_accepted_out.copy_(result.num_accepted)
     num_emitted_out.copy_(result.num_emitted)
     valid_out.copy_(result.valid)
+
+
+def discrete_diffusion_step(scores, tokens, sigma, dsigma, fixed, seed, offset, graph, sampler, param, mask_id, out):
+    fixed = fixed if fixed.numel() else None
+    out.copy_(discrete_diffusion.discrete_diffusion_step(
+        scores, tokens, sigma, dsigma, fixed, seed, offset, graph, sampler, param, mask_id))

@@ -42,6 +42,7 @@ class Stream(enum.IntEnum):
     CONFIDENCE_NOISE = 4  # denoising: `random` confidence
     TRANSFER_COIN = 5  # denoising: Bernoulli transfer per canvas position
     SELECTION_NOISE = 6  # denoising: Gumbel noise of a sampled top-k selection (Dream's alg_temp)
+    DIFFUSION_TOKEN = 7  # discrete diffusion: Gumbel noise of the next token per canvas position
 
 
 def _mul_hi_lo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:

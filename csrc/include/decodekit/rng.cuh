@@ -23,6 +23,7 @@ enum RngStream : uint32_t {
   kStreamConfidenceNoise = 4,
   kStreamTransferCoin = 5,
   kStreamSelectionNoise = 6,
+  kStreamDiffusionToken = 7,
 };
 
 struct Philox4 {
