@@ -104,7 +104,7 @@ setup(
     # so `decodekit bench` works from any installed copy.
     package_dir={"decodekit.triton_kernels": "triton_kernels", "decodekit.bench": "bench"},
     # the model zoo's trained weights ship inside the package (fp16 safetensors + configs)
-    package_data={"decodekit.zoo": ["weights/*/*.json", "weights/*/*.safetensors"]},
+    package_data={"decodekit.zoo": ["weights/*/*.json", "weights/*/*.safetensors", "data/*.txt"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )
