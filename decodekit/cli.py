@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     info.set_defaults(run=_info)
     bench = commands.add_parser("bench", help="run a microbenchmark (e.g. `decodekit bench sampling --quick`)")
     bench.add_argument(
-        "family", choices=["sampling", "spec_verify", "denoise", "paged_kv", "generate"],
+        "family", choices=["sampling", "spec_verify", "denoise", "paged_kv", "discrete_diffusion", "generate"],
         help="op family (or `generate`: end-to-end decoders vs Hugging Face) to benchmark"
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark (see --help)")

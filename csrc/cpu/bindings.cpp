@@ -4,6 +4,7 @@
 
 #include "paged_kv.h"
 #include "denoise.h"
+#include "discrete_diffusion.h"
 #include "sampling.h"
 #include "spec_verify.h"
 
@@ -46,6 +47,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("k"), py::arg("tau"), py::arg("factor"), py::arg("p_transfer"),
         py::arg("span_ids"), py::arg("seed"), py::arg("offset"), py::arg("committed_out"),
         py::arg("num_committed_out"));
+  m.def("discrete_diffusion_step", &decodekit::cpu::discrete_diffusion_step, release_gil,
+        py::arg("scores"), py::arg("tokens"), py::arg("sigma"), py::arg("dsigma"), py::arg("fixed"),
+        py::arg("seed"), py::arg("offset"), py::arg("graph"), py::arg("sampler"), py::arg("param"),
+        py::arg("mask_id"), py::arg("out"));
   m.def("verify_chain", &decodekit::cpu::verify_chain, release_gil, py::arg("target_logits"),
         py::arg("draft_tokens"), py::arg("draft_probs"), py::arg("has_draft_probs"),
         py::arg("method"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
