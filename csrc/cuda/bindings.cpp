@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "denoise_launch.h"
+#include "discrete_diffusion_launch.h"
 #include "paged_kv_launch.h"
 #include "sampling_launch.h"
 #include "spec_verify_launch.h"
@@ -17,6 +18,7 @@ namespace {
 
 namespace dks = decodekit::sampling;
 namespace dkd = decodekit::denoise;
+namespace dkdd = decodekit::discrete_diffusion;
 namespace dksv = decodekit::spec_verify;
 
 void check_launch(cudaError_t status, const char* op) {
@@ -304,6 +306,39 @@ void denoise_propose(const at::Tensor& logits, const at::Tensor& temperature, co
                "denoise_propose");
 }
 
+void discrete_diffusion_step(const at::Tensor& scores, const at::Tensor& tokens, const at::Tensor& sigma,
+                             const at::Tensor& dsigma, const at::Tensor& fixed, const at::Tensor& seed,
+                             const at::Tensor& offset, int64_t graph, int64_t sampler, int64_t param, int64_t mask_id,
+                             const at::Tensor& out) {
+  TORCH_CHECK(scores.is_cuda(), "scores must be a CUDA tensor, got device ", scores.device());
+  TORCH_CHECK(scores.dim() == 3, "scores must be 3-D [B, L, V], got shape ", scores.sizes());
+  TORCH_CHECK(scores.is_contiguous(), "scores must be contiguous");
+  const dkdd::DType dtype = float_dtype(scores, "scores");
+  const int64_t batch = scores.size(0), length = scores.size(1), vocab = scores.size(2);
+  TORCH_CHECK(vocab >= 1 && batch * length <= std::numeric_limits<int32_t>::max() && vocab <= dkdd::kMaxVocab,
+              "scores must have V >= 1, at most 2^31 - 1 positions (B * L) and 2^30 vocabulary entries, got shape ",
+              scores.sizes());
+  TORCH_CHECK(graph == 0 || graph == 1, "graph must be 0 (absorbing) or 1 (uniform), got ", graph);
+  TORCH_CHECK(sampler >= 0 && sampler <= 2, "sampler must be 0 (euler), 1 (analytic) or 2 (final), got ", sampler);
+  TORCH_CHECK(param == 0 || param == 1, "param must be 0 (log_score) or 1 (clean_logits), got ", param);
+  TORCH_CHECK(graph != 0 || (mask_id >= 0 && mask_id < vocab), "mask_id must be in [0, ", vocab,
+              ") on the absorbing graph, got ", mask_id);
+  check_like(tokens, "tokens", scores, at::kLong, {batch, length});
+  check_like(sigma, "sigma", scores, at::kFloat, {batch});
+  check_like(dsigma, "dsigma", scores, at::kFloat, {batch});
+  if (fixed.numel() > 0) check_like(fixed, "fixed", scores, at::kBool, {batch, length});
+  check_like(seed, "seed", scores, at::kLong, {batch});
+  check_like(offset, "offset", scores, at::kLong, {batch});
+  check_like(out, "out", scores, at::kLong, {batch, length});
+  const c10::cuda::CUDAGuard guard(scores.device());
+  check_launch(dkdd::launch_discrete_diffusion_step(
+                   scores.data_ptr(), dtype, batch, length, vocab, tokens.data_ptr<int64_t>(), sigma.data_ptr<float>(),
+                   dsigma.data_ptr<float>(), fixed.numel() > 0 ? fixed.data_ptr<bool>() : nullptr,
+                   seed.data_ptr<int64_t>(), offset.data_ptr<int64_t>(), graph, sampler, param, mask_id,
+                   out.data_ptr<int64_t>(), at::cuda::getCurrentCUDAStream()),
+               "discrete_diffusion_step");
+}
+
 void denoise_select(const at::Tensor& tokens, const at::Tensor& proposal, const at::Tensor& confidence,
                     const at::Tensor& window_start, const at::Tensor& block_start, const at::Tensor& block_end,
                     int64_t mask_id, int64_t select_mode, const at::Tensor& k, const at::Tensor& tau,
@@ -504,6 +539,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("block_start"), py::arg("block_end"), py::arg("mask_id"), py::arg("select_mode"), py::arg("k"),
         py::arg("tau"), py::arg("factor"), py::arg("p_transfer"), py::arg("span_ids"), py::arg("seed"),
         py::arg("offset"), py::arg("committed_out"), py::arg("num_committed_out"));
+  m.def("discrete_diffusion_step", &discrete_diffusion_step,
+        "One SEDD reverse step: the next canvas i64[B, L] of scores [B, L, V] (f32/f16/bf16) and tokens i64[B, L] "
+        "into out; sigma, dsigma f32[B], fixed bool[B, L] or empty, seed, offset i64[B], graph 0/1, sampler 0..2, "
+        "param 0/1, mask_id (-1 on the uniform graph).",
+        py::arg("scores"), py::arg("tokens"), py::arg("sigma"), py::arg("dsigma"), py::arg("fixed"), py::arg("seed"),
+        py::arg("offset"), py::arg("graph"), py::arg("sampler"), py::arg("param"), py::arg("mask_id"), py::arg("out"));
   m.def("verify_chain", &verify_chain,
         "Verify draft chains draft_tokens i64[B, n] against target_logits [B, n+1, V] (f32/f16/bf16) into "
         "tokens_out i64[B, n+1], num_accepted_out / num_emitted_out i32[B], valid_out bool[B].",
