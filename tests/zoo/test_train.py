@@ -9,7 +9,7 @@ from decodekit.models.tiny import tiny_transformer
 from decodekit.zoo import load
 from decodekit.zoo import planned as pl
 from decodekit.zoo.corpus import parse_verses
-from decodekit.zoo.tokenizer import ByteTokenizer
+from decodekit.zoo.tokenizer import NUM_BYTES, ByteTokenizer
 from decodekit.zoo.train import TrainSettings, block_mask, train
 
 VERSES = parse_verses("\n".join(
@@ -62,10 +62,10 @@ def test_block_training_mask_matches_block_causal_attention():
     assert mask[8, :4].all() and not mask[8, 4:8].any() and mask[8, 8:].all()  # noisy block 2
 
 
-@pytest.mark.parametrize("kind", ["ar", "mdm", "planned"])
+@pytest.mark.parametrize("kind", ["ar", "mdm", "planned", "udm"])
 def test_training_lowers_the_loss_and_is_deterministic(kind, tmp_path):
     torch.set_num_threads(1)
-    config = dict(CONFIG, attention="bidirectional" if kind == "mdm" else "causal")
+    config = dict(CONFIG, attention="bidirectional" if kind in ("mdm", "udm") else "causal")
     settings = TrainSettings(steps=12, batch_size=4, seq_len=256 if kind == "planned" else 48, lr=1e-2,
                              warmup=2, eval_examples=4)
     train_v, held = VERSES[:15], VERSES[15:]
@@ -122,4 +122,5 @@ def test_zoo_configs_fit_the_size_budget_and_the_draft_is_several_times_smaller(
     assert 2e6 <= params["kjv-ar"] <= 6e6 and params["kjv-ar"] >= 4 * params["kjv-ar-draft"]
     assert 2 * sum(params.values()) <= 25e6  # fp16 bytes shipped
     assert {m.config["vocab_size"] for m in ZOO.values()} == {TOK.vocab_size}
-    assert ZOO["kjv-mdm"].config["attention"] == "bidirectional"
+    assert ZOO["kjv-mdm"].config["attention"] == "bidirectional" == ZOO["kjv-udm"].config["attention"]
+    assert params["kjv-udm"] <= 3.5e6 and ZOO["kjv-udm"].config["extra"]["diffusion_states"] == NUM_BYTES + 1
