@@ -75,7 +75,8 @@ def _choice(name: str, value, allowed) -> str:
 
 
 def _positive(name: str, value, *, below_one: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < (1 if below_one else float("inf")):
+    high = 1.0 if below_one else float("inf")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < high:
         raise ValueError(f"{name} must be a float in (0, {'1' if below_one else 'inf'}), got {value!r}")
     return float(value)
 
@@ -122,6 +123,7 @@ class DiscreteDiffusionDecoder(Decoder):
     """
 
     model_attention = "bidirectional"
+    _canvas_arg = None  # generate's ``canvas``, read by _requests
 
     def __init__(self, model, *, graph: str = "absorbing", sampler: str = "euler", noise=None, steps: int = 128,
                  eps: float = 1e-5, parameterization: str = "clean_logits", mask_token_id: int | None = None,
@@ -159,7 +161,8 @@ class DiscreteDiffusionDecoder(Decoder):
         else:
             if num_states is None:
                 num_states = (getattr(config, "extra", None) or {}).get("diffusion_states", model.vocab_size)
-            if isinstance(num_states, bool) or not isinstance(num_states, int) or not 2 <= num_states <= model.vocab_size:
+            vocab = model.vocab_size
+            if isinstance(num_states, bool) or not isinstance(num_states, int) or not 2 <= num_states <= vocab:
                 raise ValueError(f"num_states must be an int in [2, {model.vocab_size}], got {num_states!r}")
             self.mask_id = None
             self.num_states = num_states

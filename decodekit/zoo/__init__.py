@@ -55,7 +55,8 @@ class ZooModel:
 
 # Steps sized for the 90-minute CPU budget: 1-thread seconds per step measured on a loaded 2-core
 # machine: kjv-ar 0.85, kjv-ar-draft 0.17, kjv-mdm 1.36 (half full, half block steps), kjv-planned
-# 0.99, so the whole zoo is ~88 min on one thread and less on two.
+# 0.99, so the whole zoo is ~88 min on one thread and less on two. kjv-udm: 0.85-0.91 s/step on
+# the idle machine (1200 steps ~18 min); its recorded run took 1.80 s/step with other jobs running.
 ZOO = {
     m.name: m
     for m in (

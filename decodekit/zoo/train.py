@@ -252,17 +252,19 @@ def uniform_concrete_score(log_p: torch.Tensor, noisy: torch.Tensor, sigma: torc
 
 
 def udm_elbo_nats(model: Transformer, x: torch.Tensor, num_states: int, generator: torch.Generator,
-                  schedule=None) -> torch.Tensor:
+                  schedule=None, t: torch.Tensor | None = None) -> torch.Tensor:
     """One Monte-Carlo draw (``t ~ U(0, 1)`` per sequence) of the negative ELBO of ``x [B, L]``
     in nats, for the generative model "uniform prior at ``t = 1``, the reverse process with the
     network's concrete scores, then a draw of the clean tokens from the network at ``t = 0``
     (``sigma_min``)": reconstruction ``-log p(x0 | x_0)`` + ``sigma'(t)`` times SEDD's denoising
     score entropy ``sum_{y != x} (1/V) [S_y - r_y log S_y + r_y (log r_y - 1)]`` (``r`` the true
     ratios ``p_t(y | x0) / p_t(x | x0)``) + the prior's KL (about ``e^-20``), summed over
-    positions. An upper bound of that model's negative log-likelihood (float64)."""
+    positions. An upper bound of that model's negative log-likelihood (float64). ``t [B, 1]``
+    overrides the draw of the times (tests)."""
     schedule = schedule or Geometric()
     batch, vocab = x.shape[0], num_states
-    t = torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+    if t is None:
+        t = torch.rand(batch, 1, generator=generator, dtype=torch.float64)
     sigma = schedule.sigma(t)
     noisy = uniform_noise(x, sigma, vocab, generator)
     log_p = F.log_softmax(model.forward_train(noisy, "full")[..., :vocab].double(), -1)
