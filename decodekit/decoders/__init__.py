@@ -5,6 +5,7 @@ from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
 from decodekit.decoders.diffusion_drafter import DiffusionDrafter
+from decodekit.decoders.discrete_diffusion import DiscreteDiffusionDecoder
 from decodekit.decoders.drafters import DraftProposal, Drafter, NgramDrafter
 from decodekit.decoders.mask_predict import MaskPredictDecoder
 from decodekit.decoders.masked_diffusion import MaskedDiffusionDecoder
@@ -22,6 +23,7 @@ __all__ = [
     "ControlTokens",
     "Decoder",
     "DiffusionDrafter",
+    "DiscreteDiffusionDecoder",
     "DraftProposal",
     "Drafter",
     "GenerationResult",

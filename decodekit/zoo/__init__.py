@@ -8,6 +8,8 @@ kjv-ar-draft       ar        ModelDrafter / TreeDrafter (same vocabulary, ~8x fe
 kjv-mdm            mdm       MaskedDiffusionDecoder (all presets), MaskPredictDecoder,
                              BlockDiffusionDecoder, DiffusionDrafter
 kjv-planned        planned   PlannedDiffusionDecoder (``tokenizer.control_tokens()``)
+kjv-udm            udm       DiscreteDiffusionDecoder (``graph="uniform"``; SEDD's uniform noise
+                             over bytes and eos, read from its config's ``diffusion_states``)
 =================  ========  ===============================================================
 
 ``load(name)`` returns ``(Transformer, ByteTokenizer)`` from the weights shipped under
@@ -24,16 +26,20 @@ from pathlib import Path
 import torch
 
 from decodekit.zoo.tokenizer import ByteTokenizer
-from decodekit.zoo.train import TrainSettings
+from decodekit.zoo.train import UDM_STATES, TrainSettings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def _config(hidden: int, layers: int, heads: int, kv_heads: int, attention: str, max_positions: int) -> dict:
+def _config(hidden: int, layers: int, heads: int, kv_heads: int, attention: str, max_positions: int,
+            **extra) -> dict:
     tok = ByteTokenizer()
-    return dict(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
-                num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, max_positions=max_positions,
-                attention=attention, eos_token_id=tok.eos_token_id, mask_token_id=tok.mask_token_id)
+    config = dict(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 32 * 32,
+                  num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, max_positions=max_positions,
+                  attention=attention, eos_token_id=tok.eos_token_id, mask_token_id=tok.mask_token_id)
+    if extra:  # saved under config.json's "decodekit" entry, read back by the decoders
+        config["extra"] = extra
+    return config
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class ZooModel:
 
 # Steps sized for the 90-minute CPU budget: 1-thread seconds per step measured on a loaded 2-core
 # machine: kjv-ar 0.85, kjv-ar-draft 0.17, kjv-mdm 1.36 (half full, half block steps), kjv-planned
-# 0.99, so the whole zoo is ~88 min on one thread and less on two.
+# 0.99, so the whole zoo is ~88 min on one thread and less on two. kjv-udm: 0.85-0.91 s/step on
+# the idle machine (1200 steps ~18 min); its recorded run took 1.80 s/step with other jobs running.
 ZOO = {
     m.name: m
     for m in (
@@ -59,6 +66,8 @@ ZOO = {
         ZooModel("kjv-mdm", "mdm", _config(256, 4, 4, 2, "bidirectional", 1024), TrainSettings(steps=1500, seq_len=256)),
         ZooModel("kjv-planned", "planned", _config(256, 4, 4, 2, "causal", 1024),
                  TrainSettings(steps=1500, seq_len=512, batch_size=8)),
+        ZooModel("kjv-udm", "udm", _config(256, 4, 4, 2, "bidirectional", 1024, diffusion_graph="uniform",
+                                           diffusion_states=UDM_STATES), TrainSettings(steps=1200, seq_len=256)),
     )
 }
 NAMES = tuple(ZOO)

@@ -13,10 +13,20 @@ Kinds (the model protocol's ``attention`` in brackets):
   block sees the clean earlier blocks and itself, as :class:`BlockDiffusionDecoder` attends.
 * ``"planned"`` (causal config; the decoder passes its own masks): next-token loss on plans and
   masked-diffusion loss on spans, on the text format of :mod:`decodekit.zoo.planned`.
+* ``"udm"`` (bidirectional): uniform-noise discrete diffusion (SEDD's uniform graph) with a
+  clean-token network: ``t ~ U(eps, 1]`` per sequence, ``sigma = Geometric()(t)``, each position
+  replaced with probability ``1 - e^-sigma`` by a uniform draw from the graph's states (the ids
+  ``[0, UDM_STATES)``: bytes and eos, every id the verse stream holds; so ``p_t = e^-sigma
+  delta(x0) + (1 - e^-sigma) / UDM_STATES`` exactly), and plain cross-entropy of the clean token
+  at every position (unweighted: every noise level counts the same; the ELBO's weighting would
+  put almost all weight on the high-noise end), over the states' logits only, as
+  :class:`~decodekit.decoders.DiscreteDiffusionDecoder` reads them. There is no time input: the
+  Transformer infers the noise level from how garbled its context is.
 
 Losses are ``nats / count`` (count = next-token rows, or all canvas positions for diffusion, as
 MDLM normalises); held-out bits per byte are total nats / (ln 2 x byte tokens) — for the
-diffusion kinds an upper bound (the negative ELBO, estimated with a fixed-seed draw of ``t``).
+diffusion kinds an upper bound (the negative ELBO, estimated with a fixed-seed draw of ``t``;
+for ``"udm"`` SEDD's score-entropy ELBO of the model's scores, see :func:`udm_elbo_nats`).
 """
 
 from __future__ import annotations
@@ -31,14 +41,19 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from decodekit.decoders.noise_schedules import Geometric
 from decodekit.models import Transformer, TransformerConfig
 from decodekit.zoo import planned as pl
 from decodekit.zoo.corpus import Verse, chapters, token_stream
 from decodekit.zoo.tokenizer import NUM_BYTES, ByteTokenizer
 
-KINDS = ("ar", "mdm", "planned")
+KINDS = ("ar", "mdm", "planned", "udm")
+DIFFUSION_KINDS = ("mdm", "udm")  # bidirectional models
+# the uniform graph's states: bytes and eos (the ids of the verse stream), never mask/pad/control
+UDM_STATES = NUM_BYTES + 1
 EPS = 1e-3  # smallest diffusion time: the 1/t weight stays <= 1000
 BLOCK_LENGTHS = (4, 8, 16, 32)
+UDM_ELBO_DRAWS = 4  # t draws per held-out window: the ELBO's Monte-Carlo spread shrinks to ~1%
 
 
 @dataclass
@@ -205,6 +220,84 @@ def planned_nats(model: Transformer, batch, from_rows: Sequence[int] | None = No
     return (ce * weights[rows]).sum(), next_token_rows + slots, int(rows.sum())
 
 
+def uniform_noise(x: torch.Tensor, sigma: torch.Tensor, num_states: int, generator: torch.Generator) -> torch.Tensor:
+    """``x [B, L]`` through the uniform graph's forward process: each position replaced with
+    probability ``1 - e^-sigma`` (``sigma [B, 1]``) by a uniform draw from ``[0, num_states)``."""
+    replaced = torch.rand(x.shape, generator=generator, dtype=torch.float64) < -torch.expm1(-sigma.cpu())
+    noise = torch.randint(0, num_states, x.shape, generator=generator)
+    return torch.where(replaced, noise, x.cpu()).to(x.device)
+
+
+def udm_nats(model: Transformer, x: torch.Tensor, num_states: int, generator: torch.Generator):
+    """Clean-token cross-entropy of ``x [B, L]`` under uniform noise at ``t ~ U(eps, 1]``
+    (module docstring): ``(nats, B*L, bytes)``."""
+    t = EPS + (1 - EPS) * torch.rand(x.shape[0], 1, generator=generator, dtype=torch.float64)
+    noisy = uniform_noise(x, Geometric().sigma(t), num_states, generator)
+    logits = model.forward_train(noisy.to(x.device), "full")[..., :num_states]
+    nats = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="sum")
+    return nats, x.numel(), int((x < NUM_BYTES).sum())
+
+
+def uniform_concrete_score(log_p: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The concrete score ``S_y = sum_x0 p(x0) p_t(y | x0) / p_t(x | x0)`` of a clean-token
+    distribution on the uniform graph (the discrete_diffusion spec's conversion), written as
+    ``p_y a / c + (a (1 - p_x) + c) / (a + c)`` with ``a = e^-sigma``, ``c = (1 - a) / V`` so no
+    two close numbers are subtracted. ``log_p [B, L, V]``, ``noisy [B, L]``, ``sigma [B, 1]``."""
+    vocab = log_p.shape[-1]
+    a = torch.exp(-sigma).unsqueeze(-1)
+    c = -torch.expm1(-sigma).unsqueeze(-1) / vocab
+    p = log_p.exp()
+    p_x = p.gather(-1, noisy.unsqueeze(-1))
+    return p * (a / c) + (a * (1 - p_x) + c) / (a + c)
+
+
+def udm_elbo_nats(model: Transformer, x: torch.Tensor, num_states: int, generator: torch.Generator,
+                  schedule=None, t: torch.Tensor | None = None) -> torch.Tensor:
+    """One Monte-Carlo draw (``t ~ U(0, 1)`` per sequence) of the negative ELBO of ``x [B, L]``
+    in nats, for the generative model "uniform prior at ``t = 1``, the reverse process with the
+    network's concrete scores, then a draw of the clean tokens from the network at ``t = 0``
+    (``sigma_min``)": reconstruction ``-log p(x0 | x_0)`` + ``sigma'(t)`` times SEDD's denoising
+    score entropy ``sum_{y != x} (1/V) [S_y - r_y log S_y + r_y (log r_y - 1)]`` (``r`` the true
+    ratios ``p_t(y | x0) / p_t(x | x0)``) + the prior's KL (about ``e^-20``), summed over
+    positions. An upper bound of that model's negative log-likelihood (float64). ``t [B, 1]``
+    overrides the draw of the times (tests)."""
+    schedule = schedule or Geometric()
+    batch, vocab = x.shape[0], num_states
+    if t is None:
+        t = torch.rand(batch, 1, generator=generator, dtype=torch.float64)
+    sigma = schedule.sigma(t)
+    noisy = uniform_noise(x, sigma, vocab, generator)
+    log_p = F.log_softmax(model.forward_train(noisy, "full")[..., :vocab].double(), -1)
+    score = uniform_concrete_score(log_p, noisy, sigma)
+    a = torch.exp(-sigma)
+    b = -torch.expm1(-sigma) / vocab  # p_t(y | x0) for y != x0
+    clean = (noisy == x).unsqueeze(-1)
+    at_x0 = torch.nn.functional.one_hot(x, vocab).bool()
+    at_x = torch.nn.functional.one_hot(noisy, vocab).bool()
+    ratio = torch.where(clean, (b / (a + b)).unsqueeze(-1), torch.where(at_x0, ((a + b) / b).unsqueeze(-1), 1.0))
+    entropy = score - ratio * torch.log(score) + ratio * (torch.log(ratio) - 1)
+    dse = torch.where(at_x, 0.0, entropy).sum(-1) / vocab
+    path = (schedule.rate(t) * dse).sum()
+
+    start = uniform_noise(x, schedule.sigma(torch.zeros(batch, 1)), vocab, generator)
+    recon = F.cross_entropy(model.forward_train(start, "full")[..., :vocab].flatten(0, 1).double(), x.flatten(),
+                            reduction="sum")
+    end = schedule.sigma(torch.ones(()))
+    stay = torch.exp(-end) + (-torch.expm1(-end)) / vocab
+    move = -torch.expm1(-end) / vocab
+    prior_kl = stay * torch.log(stay * vocab) + (vocab - 1) * move * torch.log(move * vocab)
+    return path + recon + prior_kl * x.numel()
+
+
+@torch.no_grad()
+def udm_clean_token_bits(model: Transformer, x: torch.Tensor, num_states: int, sigma: float,
+                         generator: torch.Generator) -> float:
+    """Held-out clean-token cross-entropy (bits per token) of ``x [B, L]`` at noise level ``sigma``."""
+    noisy = uniform_noise(x, torch.full((x.shape[0], 1), sigma, dtype=torch.float64), num_states, generator)
+    logits = model.forward_train(noisy, "full")[..., :num_states]
+    return float(F.cross_entropy(logits.flatten(0, 1).float(), x.flatten())) / math.log(2)
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -251,7 +344,7 @@ def train(kind: str, config: dict, train_verses: Sequence[Verse], held_out: Sequ
     tokenizer = ByteTokenizer()
     if config.get("vocab_size") != tokenizer.vocab_size:
         raise ValueError(f"config vocab_size must be {tokenizer.vocab_size}, got {config.get('vocab_size')!r}")
-    wanted = "bidirectional" if kind == "mdm" else "causal"
+    wanted = "bidirectional" if kind in DIFFUSION_KINDS else "causal"
     if config.get("attention", "causal") != wanted:
         raise ValueError(f"kind {kind!r} needs attention={wanted!r}, got {config.get('attention')!r}")
     s = settings
@@ -263,6 +356,8 @@ def train(kind: str, config: dict, train_verses: Sequence[Verse], held_out: Sequ
         data = PlannedData(train_verses, tokenizer, s.seq_len, s.max_round_verses)
     else:
         data = StreamData(train_verses, tokenizer, s.seq_len + (kind == "ar"))
+    if kind == "udm" and int(data.ids.max()) >= UDM_STATES:
+        raise ValueError(f"the corpus holds ids >= {UDM_STATES}, outside the uniform graph's states")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -292,6 +387,9 @@ def train(kind: str, config: dict, train_verses: Sequence[Verse], held_out: Sequ
         "seconds_per_step": round(train_seconds / max(1, s.steps), 4),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
     }
+    if kind == "udm":
+        meta["held_out_bits_per_byte_is"] = "upper bound: SEDD's uniform-graph negative ELBO (udm_elbo_nats)"
+        meta["held_out_clean_token_bits"] = clean_token_bits_by_noise(model, held_out, s, device)
     if out_dir is not None:
         save(model, meta, out_dir)
     return model, meta
@@ -301,6 +399,9 @@ def _step_nats(kind, model, data, s: TrainSettings, step, generator, mask_id, de
     if kind == "ar":
         nats, rows, _ = ar_nats(model, data.sample(s.batch_size, generator).to(device))
         return nats, rows
+    if kind == "udm":
+        nats, count, _ = udm_nats(model, data.sample(s.batch_size, generator).to(device), UDM_STATES, generator)
+        return nats, count
     if kind == "mdm":
         x = data.sample(s.batch_size, generator).to(device)
         if s.block_every and step % s.block_every == s.block_every - 1:
@@ -330,6 +431,12 @@ def evaluate(kind: str, model: Transformer, held_out: Sequence[Verse], settings:
     generator = torch.Generator().manual_seed(1234)
     s = settings
     total, num_bytes = 0.0, 0
+    if kind == "udm":
+        for chunk in StreamData(held_out, tokenizer, s.seq_len).tiles(s.eval_examples).split(s.batch_size):
+            for _ in range(UDM_ELBO_DRAWS):
+                total += float(udm_elbo_nats(model, chunk.to(device), UDM_STATES, generator)) / UDM_ELBO_DRAWS
+            num_bytes += int((chunk < NUM_BYTES).sum())
+        return total / (math.log(2) * num_bytes)
     if kind in ("ar", "mdm"):
         tiles = StreamData(held_out, tokenizer, s.seq_len + (kind == "ar")).tiles(s.eval_examples)
         for chunk in tiles.split(s.batch_size):
@@ -360,6 +467,17 @@ def evaluate(kind: str, model: Transformer, held_out: Sequence[Verse], settings:
         total += float(nats)
         num_bytes += sum(d.verse_bytes for d in part)
     return total / (math.log(2) * num_bytes)
+
+
+@torch.no_grad()
+def clean_token_bits_by_noise(model: Transformer, held_out: Sequence[Verse], settings: TrainSettings,
+                              device="cpu") -> dict:
+    """``{"sigma=...": bits per token}``: the udm model's held-out clean-token cross-entropy at a
+    few noise levels (replacement probability 1 - e^-sigma: about 1%, 10%, 50%, 90%)."""
+    generator = torch.Generator().manual_seed(4321)
+    x = StreamData(held_out, ByteTokenizer(), settings.seq_len).tiles(settings.batch_size).to(device)
+    return {f"sigma={sigma}": round(udm_clean_token_bits(model, x, UDM_STATES, sigma, generator), 4)
+            for sigma in (0.01, 0.1, 0.7, 2.3)}
 
 
 def save(model: Transformer, meta: dict, out_dir: str | Path) -> None:

@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from decodekit.decoders import (AutoregressiveDecoder, MaskedDiffusionDecoder, PlannedDiffusionDecoder,
-                                SamplingParams)
+from decodekit.decoders import (AutoregressiveDecoder, DiscreteDiffusionDecoder, MaskedDiffusionDecoder,
+                                PlannedDiffusionDecoder, SamplingParams)
 from decodekit.decoders.base import forward_step
 from decodekit.decoders.plan import round_attention_mask
 from decodekit.models.tiny import tiny_transformer
 from decodekit.zoo import load
 from decodekit.zoo import planned as pl
 from decodekit.zoo.corpus import parse_verses
-from decodekit.zoo.tokenizer import ByteTokenizer
+from decodekit.zoo.tokenizer import NUM_BYTES, ByteTokenizer
 from decodekit.zoo.train import TrainSettings, block_mask, train
 
 VERSES = parse_verses("\n".join(
@@ -62,16 +62,17 @@ def test_block_training_mask_matches_block_causal_attention():
     assert mask[8, :4].all() and not mask[8, 4:8].any() and mask[8, 8:].all()  # noisy block 2
 
 
-@pytest.mark.parametrize("kind", ["ar", "mdm", "planned"])
+@pytest.mark.parametrize("kind", ["ar", "mdm", "planned", "udm"])
 def test_training_lowers_the_loss_and_is_deterministic(kind, tmp_path):
     torch.set_num_threads(1)
-    config = dict(CONFIG, attention="bidirectional" if kind == "mdm" else "causal")
+    config = dict(CONFIG, attention="bidirectional" if kind in ("mdm", "udm") else "causal")
     settings = TrainSettings(steps=12, batch_size=4, seq_len=256 if kind == "planned" else 48, lr=1e-2,
                              warmup=2, eval_examples=4)
     train_v, held = VERSES[:15], VERSES[15:]
     model, meta = train(kind, config, train_v, held, settings, out_dir=tmp_path / kind, name=kind, progress=False)
     assert meta["final_loss"] < 0.8 * meta["first_loss"]
-    assert 0 < meta["held_out_bits_per_byte"] < 10
+    # the uniform graph's ELBO of a 12-step model is ~22 bits (its score entropy is far from tight)
+    assert 0 < meta["held_out_bits_per_byte"] < (40 if kind == "udm" else 10)
     again, _ = train(kind, config, train_v, held, settings, progress=False)
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
@@ -98,6 +99,13 @@ def test_saved_models_load_and_run_in_their_decoders(tmp_path, monkeypatch):
     decoder = PlannedDiffusionDecoder(planned, tok.mask_token_id, control=tok.control_tokens(),
                                       on_bad_plan="autoregressive", tokenizer=tok)
     decoder.generate(["Ge1:1 "], max_new_tokens=8, sampling=greedy)
+    train("udm", dict(CONFIG, attention="bidirectional", extra={"diffusion_states": NUM_BYTES + 1}), VERSES[:15],
+          VERSES[15:], settings, out_dir=tmp_path / "kjv-udm", progress=False)
+    udm, _ = load("kjv-udm", weights_dir=tmp_path, dtype=torch.float32)
+    decoder = DiscreteDiffusionDecoder(udm, graph="uniform", steps=16, tokenizer=tok)
+    assert decoder.num_states == NUM_BYTES + 1  # read back from the saved config
+    out = decoder.generate(["Ge1:1 "], max_new_tokens=8, seed=0, stop_token_ids=[]).sequences[0]
+    assert len(out) == 8 and max(out) <= NUM_BYTES
     with pytest.raises(ValueError, match="name must be one of"):
         load("nope")
     with pytest.raises(FileNotFoundError, match="decodekit zoo train"):
@@ -122,4 +130,62 @@ def test_zoo_configs_fit_the_size_budget_and_the_draft_is_several_times_smaller(
     assert 2e6 <= params["kjv-ar"] <= 6e6 and params["kjv-ar"] >= 4 * params["kjv-ar-draft"]
     assert 2 * sum(params.values()) <= 25e6  # fp16 bytes shipped
     assert {m.config["vocab_size"] for m in ZOO.values()} == {TOK.vocab_size}
-    assert ZOO["kjv-mdm"].config["attention"] == "bidirectional"
+    assert ZOO["kjv-mdm"].config["attention"] == "bidirectional" == ZOO["kjv-udm"].config["attention"]
+    assert params["kjv-udm"] <= 3.5e6 and ZOO["kjv-udm"].config["extra"]["diffusion_states"] == NUM_BYTES + 1
+
+
+def test_udm_noise_and_scores_follow_the_uniform_graph():
+    from decodekit.reference.discrete_diffusion import Graph, Parameterization, concrete_score
+    from decodekit.zoo.train import uniform_concrete_score, uniform_noise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 20000, dtype=torch.int64)
+    sigma = torch.tensor([[0.01], [0.3], [1.0], [5.0]], dtype=torch.float64)
+    noisy = uniform_noise(x, sigma, 257, g)
+    assert int(noisy.max()) < 257
+    changed = (noisy != 0).double().mean(1)
+    want = -torch.expm1(-sigma.squeeze(1)) * 256 / 257  # a replacement may draw the same token
+    torch.testing.assert_close(changed, want, atol=0.01, rtol=0.03)
+    # the ELBO's score is the sampler's: the discrete_diffusion spec's clean-logit conversion
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    tokens = torch.randint(0, 7, (2, 5), generator=g)
+    sig = torch.tensor([[0.05], [2.0]], dtype=torch.float64)
+    ours = uniform_concrete_score(torch.log_softmax(logits, -1), tokens, sig)
+    ours = ours.scatter(-1, tokens.unsqueeze(-1), 1.0)
+    spec, invalid = concrete_score(logits, tokens, sig.squeeze(1), Graph.UNIFORM, Parameterization.CLEAN_LOGITS, -1)
+    assert not invalid.any()
+    torch.testing.assert_close(ours.float(), spec, rtol=1e-4, atol=1e-5)
+
+
+def test_udm_elbo_of_the_exact_posterior_is_the_nll():
+    """With the exact clean-token posterior (i.i.d. data: ``p(x0 | x_t) ~ pi(x0) p_t(x_t | x0)``)
+    the reverse process is exact, so the ELBO equals the data's NLL (up to Monte-Carlo spread);
+    a network that ignores its input (the marginal) is a loose bound above it."""
+    from decodekit.decoders.noise_schedules import Geometric
+    from decodekit.zoo.train import udm_elbo_nats
+
+    probs = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+
+    class Exact(torch.nn.Module):
+        def __init__(self, sigmas):
+            super().__init__()
+            self.sigmas = list(sigmas)  # the noise levels of the coming calls, in order
+
+        def forward_train(self, ids, mask):
+            a = torch.exp(-self.sigmas.pop(0))  # [B, 1]
+            like = a.unsqueeze(-1) * torch.nn.functional.one_hot(ids, 3) + (1 - a.unsqueeze(-1)) / 3
+            return torch.log(probs * like).float()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.multinomial(probs, 64 * 64, replacement=True, generator=g).view(64, 64)
+    nll = float(-torch.log(probs)[x].sum())
+    sched, total, marginal = Geometric(), 0.0, 0.0
+    draws = 64  # the integrand is heavy-tailed near t = 1: 1024 draws give 1.011, 8 draws 0.97-0.99
+    for k in range(draws):  # stratified times: one per sequence, shifted per draw
+        t = ((torch.arange(64, dtype=torch.float64) + (k + 0.5) / draws) / 64).view(64, 1)
+        model = Exact([sched.sigma(t), sched.sigma(torch.zeros(64, 1))])
+        total += float(udm_elbo_nats(model, x, 3, g, t=t)) / draws
+        lazy = Exact([torch.full((64, 1), 1e9)] * 2)  # a = 0: the marginal, whatever the input
+        marginal += float(udm_elbo_nats(lazy, x, 3, g, t=t)) / draws
+    assert 0.98 < total / nll < 1.05, (total, nll)
+    assert marginal > 1.5 * nll

@@ -18,7 +18,7 @@ def test_every_model_loads_with_its_record():
     for name in zoo.NAMES:
         model, tok = zoo.load(name, dtype=torch.float32)
         assert model.vocab_size == tok.vocab_size
-        assert model.attention == ("bidirectional" if name == "kjv-mdm" else "causal")
+        assert model.attention == ("bidirectional" if zoo.ZOO[name].kind in ("mdm", "udm") else "causal")
         record = zoo.info(name)
         assert 0.5 < record["held_out_bits_per_byte"] < 8.0
 
