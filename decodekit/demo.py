@@ -158,7 +158,7 @@ def run_demo(prompts=DEFAULT_PROMPTS, *, max_new_tokens: int = 96, quick: bool =
     from tqdm import tqdm
 
     from decodekit import zoo
-    from decodekit.decoders import AutoDecoder, Preference, Profile
+    from decodekit.decoders import AutoDecoder, Profile
     from decodekit.profile import ZOO_PROFILE_PATH
 
     models, tok = load_zoo(weights_dir)
@@ -203,7 +203,7 @@ def run_demo(prompts=DEFAULT_PROMPTS, *, max_new_tokens: int = 96, quick: bool =
         result = run("auto", "auto", auto, None, model)
         picked = list(dict.fromkeys(s.choice["method"] for s in result.stats))
         rows[-1]["family"] = "auto: " + " + ".join(picked)
-        print(f"\nauto ({Preference.parse(auto_preference).describe()}): {result.stats[0].choice['reason']}")
+        print(f"\nauto: {result.stats[0].choice['reason']}")
     _write(rows, samples, prompts[0], Path(out_dir))
     return rows
 
