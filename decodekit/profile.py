@@ -54,9 +54,11 @@ def measure(methods, models: dict, tokenizer, *, batch_sizes, lengths, seed: int
     from tqdm import tqdm
 
     from decodekit.decoders import Profile
-    from decodekit.decoders.auto import CandidateProfile
+    from decodekit.decoders.auto import CandidateProfile, _increasing_ints
     from decodekit.demo import generative_bits_per_byte
 
+    # checked before minutes of measuring; sorted, so the largest batch runs last at each length
+    batch_sizes, lengths = _increasing_ints(batch_sizes, "batch_sizes"), _increasing_ints(lengths, "lengths")
     prompts = [tokenizer.encode(p) for p in held_out_prompts(max(batch_sizes))]
     candidates = {}
     for method in tqdm(methods, desc="decodekit profile", disable=not progress):
@@ -93,7 +95,8 @@ def measure(methods, models: dict, tokenizer, *, batch_sizes, lengths, seed: int
 def machine_metadata() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-            "load_average_1min": round(os.getloadavg()[0], 2), "python": platform.python_version(), "torch": torch.__version__,
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews the speeds
+            "python": platform.python_version(), "torch": torch.__version__,
             "measured_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
@@ -111,9 +114,11 @@ def model_metadata(models: dict) -> dict:
 def add_parser(commands) -> None:
     parser = commands.add_parser("profile", help="measure every decoder's speed and quality here (for --method auto)")
     parser.add_argument("--quick", action="store_true", help=f"the demo's quick methods on grid {QUICK_GRID}")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help=f"default {DEFAULT_GRID['batch_sizes']}")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help=f"default {DEFAULT_GRID['batch_sizes']}")
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help=f"default {DEFAULT_GRID['lengths']}")
-    parser.add_argument("--methods", nargs="+", default=None, help="demo method names (default: all, or the quick ones)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="demo method names (default: all, or the quick ones)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per grid point (the best counts)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -139,8 +144,12 @@ def _run(args) -> int:
     else:
         chosen = [m for m in available if m.quick or not args.quick]
     start = time.perf_counter()
-    profile = measure(chosen, models, tok, batch_sizes=args.batch_sizes or grid["batch_sizes"],
-                      lengths=args.lengths or grid["lengths"], seed=args.seed, repeats=args.repeats)
+    batch_sizes = sorted(set(args.batch_sizes or grid["batch_sizes"]))
+    lengths = sorted(set(args.lengths or grid["lengths"]))
+    if min(batch_sizes) < 1 or min(lengths) < 1:
+        raise SystemExit(f"--batch-sizes and --lengths must be >= 1, got {batch_sizes} and {lengths}")
+    profile = measure(chosen, models, tok, batch_sizes=batch_sizes, lengths=lengths, seed=args.seed,
+                      repeats=args.repeats)
     path = profile.save(args.out)
     print(format_profile(profile))
     print(f"\nwrote {path} ({time.perf_counter() - start:.0f} s)")

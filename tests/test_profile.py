@@ -99,3 +99,21 @@ def test_generate_cli_auto_reports_its_choice(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no candidate meets"):
         main(["generate", "--method", "auto", "--prompt", prompt, "--max-new-tokens", "8",
               "--profile", str(ZOO_PROFILE_PATH), "--max-perplexity", "1.0"])
+
+
+def test_bad_grids_are_rejected_before_measuring():
+    from decodekit.profile import measure
+
+    with pytest.raises(ValueError, match="batch_sizes"):
+        measure([], {}, zoo.ByteTokenizer(), batch_sizes=[4, 1], lengths=[8], progress=False)
+    with pytest.raises(ValueError, match="lengths"):
+        measure([], {}, zoo.ByteTokenizer(), batch_sizes=[1], lengths=[0], progress=False)
+
+
+@needs_weights
+def test_profile_cli_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit, match="--lengths"):
+        main(["profile", "--lengths", "0", "--out", str(tmp_path / "p.json")])
+    with pytest.raises(SystemExit, match="unknown"):
+        main(["profile", "--methods", "nope", "--out", str(tmp_path / "p.json")])
+    assert not (tmp_path / "p.json").exists()

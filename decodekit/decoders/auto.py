@@ -318,7 +318,8 @@ class AutoDecoder:
             if not isinstance(decoder, Decoder):
                 raise TypeError(f"candidates[{name!r}] must be a Decoder, got {type(decoder).__name__}")
             if name not in self.profile.candidates:
-                raise ValueError(f"candidates[{name!r}] is not in the profile (it has {sorted(self.profile.candidates)})")
+                raise ValueError(
+                    f"candidates[{name!r}] is not in the profile (it has {sorted(self.profile.candidates)})")
         sampling = dict(sampling or {})
         for name, params in sampling.items():
             if name not in candidates:
