@@ -103,8 +103,9 @@ setup(
     # triton_kernels/ and bench/ stay at the top level (DESIGN.md) but install inside the package,
     # so `decodekit bench` works from any installed copy.
     package_dir={"decodekit.triton_kernels": "triton_kernels", "decodekit.bench": "bench"},
-    # the model zoo's trained weights ship inside the package (fp16 safetensors + configs)
-    package_data={"decodekit.zoo": ["weights/*/*.json", "weights/*/*.safetensors", "data/*.txt"]},
+    # the model zoo's trained weights ship inside the package (fp16 safetensors + configs), with the
+    # held-out text and the speed/quality profile measured on the zoo (decodekit profile)
+    package_data={"decodekit.zoo": ["weights/*/*.json", "weights/*/*.safetensors", "data/*.txt", "profile_cpu.json"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

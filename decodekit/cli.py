@@ -1,4 +1,5 @@
-"""``decodekit info | bench | zoo``: what is built here, the microbenchmarks, the model zoo."""
+"""``decodekit info | bench | zoo | demo | profile | generate``: what is built here, the microbenchmarks,
+the model zoo, its demo, the speed/quality profile and generation with any method (or ``auto``)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     from decodekit.demo import add_parser as add_demo_parser
 
     add_demo_parser(commands)
+    from decodekit.generate import add_parser as add_generate_parser
+    from decodekit.profile import add_parser as add_profile_parser
+
+    add_profile_parser(commands)
+    add_generate_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

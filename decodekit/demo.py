@@ -4,7 +4,9 @@ Runs the zoo's KJV models (no download) through every decoder on the same prompt
 of each output and one table — tokens per second, model forward calls, tokens per forward,
 acceptance rate, and quality as the generative perplexity of the output under the AR target
 (per byte, as MDLM / SEDD report it) with the outputs' byte entropy beside it, next to the held-out bits per byte recorded when the model
-was trained — and writes the table as markdown and CSV plus a speed-versus-quality PNG.
+was trained — and writes the table as markdown and CSV plus a speed-versus-quality PNG. A last row,
+``auto``, runs :class:`~decodekit.decoders.AutoDecoder` over the same methods with the shipped zoo
+profile (``decodekit/zoo/profile_cpu.json``) and names the method it chose.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ DEFAULT_PROMPTS = (
 )
 
 
+# What the demo's "auto" row asks for: the fastest method whose profiled generative perplexity per
+# byte is at most 10 (a user's request, not part of AutoDecoder's rule; --auto-max-perplexity).
+AUTO_PREFERENCE = {"objective": "fastest", "max_perplexity": 10.0}
+
+
 @dataclass
 class Method:
     """One row of the demo: a decoder on a zoo model."""
@@ -42,7 +49,8 @@ class Method:
     quick: bool = True  # also run in --quick
 
 
-def _methods(tok) -> list[Method]:
+def methods(tok) -> list[Method]:
+    """Every demo method (also the candidates of ``decodekit profile`` and ``decodekit generate``)."""
     from decodekit.decoders import (
         AutoregressiveDecoder,
         BlockDiffusionDecoder,
@@ -91,6 +99,19 @@ def _methods(tok) -> list[Method]:
     ]
 
 
+_methods = methods  # the name tests/zoo imports
+
+
+def load_zoo(weights_dir=None) -> tuple[dict, object]:
+    """``({name: model}, tokenizer)`` for every zoo model, float32 (CPU speed)."""
+    from decodekit import zoo
+
+    models, tok = {}, None
+    for name in zoo.NAMES:
+        models[name], tok = zoo.load(name, dtype=torch.float32, weights_dir=weights_dir)
+    return models, tok
+
+
 def generative_bits_per_byte(ar_model, prompts: list[list[int]], outputs: list[list[int]]) -> float:
     """Mean negative log2-likelihood per output token (byte) under the AR model, prompt given;
     ``2 ** bits`` is the generative perplexity per byte."""
@@ -129,40 +150,60 @@ def unigram_entropy_bits(outputs: list[list[int]]) -> float:
 
 
 def run_demo(prompts=DEFAULT_PROMPTS, *, max_new_tokens: int = 96, quick: bool = False, seed: int = 0,
-             out_dir: str | Path = "demo_results", weights_dir=None, progress: bool = True) -> list[dict]:
-    """Run every method; returns the table rows (and writes them, see the module docstring)."""
+             out_dir: str | Path = "demo_results", weights_dir=None, progress: bool = True,
+             auto_preference=AUTO_PREFERENCE, profile=None) -> list[dict]:
+    """Run every method, then ``auto`` (an AutoDecoder over the methods run, choosing with
+    ``profile``, default the shipped zoo profile, for ``auto_preference``); returns the table rows
+    (and writes them, see the module docstring)."""
     from tqdm import tqdm
 
     from decodekit import zoo
+    from decodekit.decoders import AutoDecoder, Profile
+    from decodekit.profile import ZOO_PROFILE_PATH
 
-    models, tok = {}, None
-    for name in zoo.NAMES:
-        models[name], tok = zoo.load(name, dtype=torch.float32, weights_dir=weights_dir)
+    models, tok = load_zoo(weights_dir)
     held_out = {name: zoo.info(name, weights_dir=weights_dir).get("held_out_bits_per_byte") for name in zoo.NAMES}
     prompt_ids = [tok.encode(p) for p in prompts]
-    methods = [m for m in _methods(tok) if m.quick or not quick]
-    rows, samples = [], []
-    for method in tqdm(methods, desc="decodekit demo", disable=not progress):
-        decoder = method.build(models)
+    chosen = [m for m in methods(tok) if m.quick or not quick]
+    rows, samples, decoders = [], [], {}
+
+    def run(name, family, decoder, sampling, held_out_model):
         start = time.perf_counter()
-        result = decoder.generate(prompt_ids, max_new_tokens=max_new_tokens, sampling=method.sampling,
+        result = decoder.generate(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling,
                                   stop_token_ids=[tok.eos_token_id], seed=seed)
         wall = time.perf_counter() - start
         outputs = [[t for t in seq if t < 256] for seq in result.sequences]  # text bytes only
         bits = generative_bits_per_byte(models["kjv-ar"], prompt_ids, outputs)
         acceptance = result.acceptance_rate
+        bpb = held_out.get(held_out_model)
         rows.append({
-            "method": method.name,
-            "family": method.family,
+            "method": name,
+            "family": family,
             "tokens/s": round(result.generated_tokens / wall, 1),
             "forward calls": result.forward_calls,
             "tokens/forward": round(result.tokens_per_forward, 2),
             "acceptance": "" if acceptance is None else round(acceptance, 3),
             "gen. perplexity/byte": round(2 ** bits, 2),
             "output entropy (bits)": round(unigram_entropy_bits(outputs), 2),
-            "held-out bits/byte": "" if held_out[method.model] is None else round(held_out[method.model], 3),
+            "held-out bits/byte": "" if bpb is None else round(bpb, 3),
         })
-        samples.append((method.name, tok.decode(result.sequences[0])))
+        samples.append((name, tok.decode(result.sequences[0])))
+        return result
+
+    for method in tqdm(chosen, desc="decodekit demo", disable=not progress):
+        decoders[method.name] = method.build(models)
+        run(method.name, method.family, decoders[method.name], method.sampling, method.model)
+    profile = Profile.load(profile or ZOO_PROFILE_PATH)
+    in_profile = [m for m in chosen if m.name in profile.candidates]
+    if in_profile:
+        auto = AutoDecoder({m.name: decoders[m.name] for m in in_profile}, profile, preference=auto_preference,
+                           sampling={m.name: m.sampling for m in in_profile})
+        first = auto.choose(len(prompt_ids), max_new_tokens)["method"]
+        model = next(m.model for m in in_profile if m.name == first)
+        result = run("auto", "auto", auto, None, model)
+        picked = list(dict.fromkeys(s.choice["method"] for s in result.stats))
+        rows[-1]["family"] = "auto: " + " + ".join(picked)
+        print(f"\nauto: {result.stats[0].choice['reason']}")
     _write(rows, samples, prompts[0], Path(out_dir))
     return rows
 
@@ -214,6 +255,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--quick", action="store_true", help="fewer methods and tokens (for CI)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--auto-max-perplexity", type=float, default=AUTO_PREFERENCE["max_perplexity"],
+                        help="the auto row's quality floor: the fastest method under this perplexity per byte")
     parser.add_argument("--out", default="demo_results", help="folder for demo.md / demo.csv / demo.png")
     parser.set_defaults(run=_run)
 
@@ -221,5 +264,5 @@ def add_parser(commands) -> None:
 def _run(args) -> int:
     tokens = min(args.max_new_tokens, 32) if args.quick else args.max_new_tokens
     run_demo(tuple(args.prompts) or DEFAULT_PROMPTS, max_new_tokens=tokens, quick=args.quick, seed=args.seed,
-             out_dir=args.out)
+             out_dir=args.out, auto_preference={"objective": "fastest", "max_perplexity": args.auto_max_perplexity})
     return 0

@@ -1,6 +1,7 @@
 """Decoders of every generation family, all with ``generate(prompts, *, max_new_tokens, sampling,
 stop_token_ids, seed) -> GenerationResult`` (see :mod:`decodekit.decoders.base`)."""
 
+from decodekit.decoders.auto import AutoDecoder, NoQualifyingMethodError, Preference, Profile
 from decodekit.decoders.autoregressive import AutoregressiveDecoder
 from decodekit.decoders.base import Decoder, Request, forward_step
 from decodekit.decoders.block_diffusion import BlockDiffusionDecoder
@@ -18,6 +19,7 @@ from decodekit.decoders.speculative import SpeculativeDecoder
 from decodekit.decoders.tree_drafter import TreeDrafter
 
 __all__ = [
+    "AutoDecoder",
     "AutoregressiveDecoder",
     "BlockDiffusionDecoder",
     "ControlTokens",
@@ -31,8 +33,11 @@ __all__ = [
     "MaskedDiffusionDecoder",
     "ModelDrafter",
     "NgramDrafter",
+    "NoQualifyingMethodError",
     "PlanError",
     "PlannedDiffusionDecoder",
+    "Preference",
+    "Profile",
     "Request",
     "RequestStats",
     "SamplingParams",

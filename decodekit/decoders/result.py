@@ -19,6 +19,8 @@ class RequestStats:
         finish_reason: ``"stop"`` (a stop token), ``"length"`` (max_new_tokens) or
             ``"invalid_logits"`` (the model produced NaN/inf logits for it).
         extra: decoder-specific numbers (e.g. denoising steps).
+        choice: set by :class:`~decodekit.decoders.auto.AutoDecoder`: the method it picked for
+            this request and the profile numbers behind the pick; None for every other decoder.
     """
 
     prompt_tokens: int
@@ -30,6 +32,7 @@ class RequestStats:
     wall_time: float = 0.0
     finish_reason: str = "length"
     extra: dict = field(default_factory=dict)
+    choice: dict | None = None
 
     @property
     def tokens_per_forward(self) -> float:
