@@ -50,7 +50,8 @@ dsigma[b]`` (Euler: ``rate(t) * dt``; analytic: ``sigma(t) - sigma(t - dt)``; fi
 
 **3. Draw**: ``u_y = uniform(seed, offset, DIFFUSION_TOKEN, c0 = (l * V + y) mod 2**32)``; the new
 token is the first index of the maximum of ``log P_y - log(-log u_y)`` over ``{y : P_y > 0}``
-(Gumbel-max: a categorical draw from ``P / sum P``, SEDD's ``sample_categorical``).
+(Gumbel-max: a categorical draw from ``P / sum P``, SEDD's ``sample_categorical``); a NaN key
+(an infinite weight whose uniform is exactly 0) counts as -inf.
 
 **Untouched positions** keep their token without reading ``s``: ``fixed[b, l]`` (SEDD's projector:
 prompt tokens anywhere in the canvas) and, on the absorbing graph, every ``x != mask_id``.
@@ -180,6 +181,7 @@ def discrete_diffusion_step(
     u = rng.uniform(seed.reshape(-1, 1, 1), offset.reshape(-1, 1, 1), Stream.DIFFUSION_TOKEN, c0)
     positive = weights > 0
     key = torch.where(positive, torch.log(torch.where(positive, weights, 1.0)), NEG_INF) - torch.log(-torch.log(u))
+    key = torch.where(torch.isnan(key), NEG_INF, key)  # an infinite weight with u == 0: inf - inf
     drawn = first_argmax(key, positive)
     invalid |= ~positive.any(-1)
     new = torch.where(keep, tokens, torch.where(invalid, -1, drawn))

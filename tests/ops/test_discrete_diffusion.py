@@ -60,7 +60,7 @@ def _sizes(backend, device):
 def _problem(graph, sampler, param, batch, length, vocab, *, seed=0, dtype=torch.float32):
     """Scores, canvas and the op's keyword arguments (CPU tensors). Scales are chosen so every
     kind of step moves a fair share of positions: log scores sum to ~3 per row (absorbing) or
-    ~3 V (uniform), Euler takes dsigma = 0.1, analytic a quarter of sigma, final all of it."""
+    ~3 V (uniform), Euler takes dsigma = 0.1 (0.3 expm1(sigma) for absorbing clean logits), analytic a quarter of sigma, final all of it."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch, length, vocab, generator=gen)
     if param == "log_score":
@@ -72,7 +72,9 @@ def _problem(graph, sampler, param, batch, length, vocab, *, seed=0, dtype=torch
     if absorbing:
         tokens[torch.rand(batch, length, generator=gen) < 0.75] = vocab - 1
     sigma = 0.3 + 1.7 * torch.rand(batch, generator=gen)
-    dsigma = {"euler": torch.full((batch,), 0.1), "analytic": 0.25 * sigma, "final": sigma.clone()}[sampler]
+    # clean logits on the absorbing graph give sum S ~ 1 / expm1(sigma): scale Euler's step to match
+    euler = 0.3 * torch.expm1(sigma) if absorbing and param == "clean_logits" else torch.full((batch,), 0.1)
+    dsigma = {"euler": euler, "analytic": 0.25 * sigma, "final": sigma.clone()}[sampler]
     kwargs = dict(
         sigma=sigma,
         dsigma=dsigma,
