@@ -30,6 +30,8 @@ import triton.language as tl
 from decodekit.reference.denoise import ConfMode, SelectMode
 from decodekit.reference.rng import Stream
 
+from .rng import MAX_GUMBEL_NOISE
+
 PROPOSAL_TOKEN = tl.constexpr(int(Stream.PROPOSAL_TOKEN))
 CONFIDENCE_NOISE = tl.constexpr(int(Stream.CONFIDENCE_NOISE))
 TRANSFER_COIN = tl.constexpr(int(Stream.TRANSFER_COIN))
@@ -42,9 +44,6 @@ THRESHOLD = tl.constexpr(int(SelectMode.THRESHOLD))
 FACTOR = tl.constexpr(int(SelectMode.FACTOR))
 BERNOULLI = tl.constexpr(int(SelectMode.BERNOULLI))
 
-# Largest Gumbel noise -log(-log(u)) for u <= 0.99999994 (the contract's largest uniform) is 16.64;
-# the margin absorbs log rounding.
-MAX_GUMBEL_NOISE = tl.constexpr(17.0)
 # Vocabulary tile: 2048 lanes over 8 warps keep enough loads in flight on a GPU; on CPU tensors (the
 # interpreter, tests) small tiles make every test row span several tiles.
 GPU_BLOCK = 2048

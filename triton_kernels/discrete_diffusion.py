@@ -32,7 +32,7 @@ import triton.language as tl
 from decodekit.reference.discrete_diffusion import Graph, Parameterization, Sampler
 from decodekit.reference.rng import Stream
 
-from .rng import contract_uniform
+from .rng import MAX_GUMBEL_NOISE, contract_uniform
 
 DIFFUSION_TOKEN = tl.constexpr(int(Stream.DIFFUSION_TOKEN))
 ABSORBING = tl.constexpr(int(Graph.ABSORBING))
@@ -40,9 +40,6 @@ EULER = tl.constexpr(int(Sampler.EULER))
 FINAL = tl.constexpr(int(Sampler.FINAL))
 LOG_SCORE = tl.constexpr(int(Parameterization.LOG_SCORE))
 
-# Largest Gumbel noise -log(-log(u)) for u <= 0.99999994 (the contract's largest uniform) is 16.64;
-# the margin absorbs log rounding.
-MAX_GUMBEL_NOISE = tl.constexpr(17.0)
 # Vocabulary tile: 2048 lanes over 8 warps keep enough loads in flight on a GPU; on CPU tensors (the
 # interpreter, tests) small tiles make every test row span several tiles.
 GPU_BLOCK = 2048

@@ -15,6 +15,10 @@ import triton
 import triton.language as tl
 
 PHILOX_BLOCK = 1024
+# Largest Gumbel noise -log(-log(u)) for u <= 0.99999994 (the contract's largest uniform) is 16.64;
+# the margin absorbs log rounding. Gumbel-max kernels skip the Philox draws of a tile whose best
+# log-weight plus this bound cannot beat the best key so far.
+MAX_GUMBEL_NOISE = tl.constexpr(17.0)
 
 
 @triton.jit

@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "decodekit/elem.cuh"
 #include "decodekit/rng.cuh"
 
 namespace decodekit {
@@ -270,41 +271,7 @@ DK_HOST_DEVICE int64_t finish_draw(const RowMath& r, Draw d, const DrawParams& p
 
 #if defined(__CUDACC__)
 
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  static constexpr int kBits = 32;
-  static __device__ __forceinline__ float from_bits(uint32_t b) { return __uint_as_float(b); }
-  static __device__ __forceinline__ float load(const float* p) { return *p; }
-};
-
-template <>
-struct Elem<__half> {
-  static constexpr int kBits = 16;
-  static __device__ __forceinline__ float from_bits(uint32_t b) {
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
-  }
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static constexpr int kBits = 16;
-  static __device__ __forceinline__ float from_bits(uint32_t b) { return __uint_as_float(b << 16); }
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-};
-
-template <typename T>
-__device__ __forceinline__ float lane_value(const uint4& packed, int j) {
-  const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-  if constexpr (Elem<T>::kBits == 32) {
-    return Elem<T>::from_bits(words[j]);
-  } else {
-    return Elem<T>::from_bits((words[j >> 1] >> ((j & 1) * 16)) & 0xffffu);  // element 2i: low half
-  }
-}
+// Elem<T> and lane_value<T>: decodekit/elem.cuh
 
 // Calls visit(value, y) for every element of the row, spread over kGroup threads (rank = this thread's
 // index in its group) with 16-byte loads. Rows start at (b L + l) V elements, so only element-aligned:
